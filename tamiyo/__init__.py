@@ -1,0 +1,1 @@
+"""Tamiyo: process entry points (CLI, configuration, embedded brokers, demo)."""
