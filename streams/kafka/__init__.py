@@ -1,0 +1,1 @@
+"""Thin wrappers over the Kafka clients; everything above speaks Tamiyo terms."""
