@@ -121,6 +121,7 @@ class Settings:
     data_dir: Path = Path(".tamiyo")
     window_seconds: float = 10.0
     window_expires_seconds: float = 60.0
+    policy: str = "heuristic"
     exploration_epsilon: float = 0.1
     confidence_threshold: float = 0.5
     cooldown_epochs: int = 2
@@ -148,6 +149,7 @@ class Settings:
             data_dir=data_dir,
             window_seconds=_env_float("TAMIYO_WINDOW_SECONDS", 10.0),
             window_expires_seconds=_env_float("TAMIYO_WINDOW_EXPIRES_SECONDS", 60.0),
+            policy=_env("TAMIYO_POLICY", "heuristic"),
             exploration_epsilon=_env_float("TAMIYO_EPSILON", 0.1),
             confidence_threshold=_env_float("TAMIYO_CONFIDENCE_THRESHOLD", 0.5),
             cooldown_epochs=_env_int("TAMIYO_COOLDOWN_EPOCHS", 2),
@@ -175,6 +177,8 @@ class Settings:
     def validate(self) -> None:
         if self.broker not in ("auto", "kafka", "tansu"):
             raise ValueError(f"TAMIYO_BROKER must be auto, kafka or tansu, not {self.broker!r}")
+        if self.policy not in ("heuristic", "untrained", "champion"):
+            raise ValueError(f"TAMIYO_POLICY must be heuristic, untrained or champion, not {self.policy!r}")
         if not 0.0 <= self.exploration_epsilon <= 1.0:
             raise ValueError("TAMIYO_EPSILON must be in [0, 1]")
         if not 0.0 <= self.confidence_threshold <= 1.0:

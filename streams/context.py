@@ -1,0 +1,37 @@
+"""What every agent of one worker shares: settings, tables, the serving policy and counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tamiyo.config import Settings
+
+
+@dataclass
+class Counters:
+    """Plain counters; exported as Prometheus metrics and printed in the worker's final log line."""
+
+    health_signals: int = 0
+    topologies: int = 0
+    epoch_outcomes: int = 0
+    command_outcomes: int = 0
+    decisions: int = 0
+    commands_sent: int = 0
+    dead_letters: int = 0
+    archived: int = 0
+    skipped_no_topology: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    topologies: Any = None  # faust Table: model_id -> ModelTopology dict
+    graphs: Any = None  # faust windowed Table: model_id -> {"run_id", "epoch", "layers": {name: aggregate}}
+    gate_state: Any = None  # faust Table: model_id -> policy gate state (cooldowns, last decided epoch)
+    policy: Any = None  # streams.policy_holder.PolicyHolder
+    metrics: Any = None  # streams.metrics.WorkerMetrics or None
+    counters: Counters = field(default_factory=Counters)

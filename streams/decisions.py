@@ -1,0 +1,148 @@
+"""From epoch outcomes and table state to gated, sampled decisions (one batched policy call)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.actions import decode as decode_action
+from models.actions import legal_mask
+from models.decide import GateConfig, blocked_layers, gate_distribution, sample
+from models.graph import FEATURE_NAMES, ModelGraph, build_graph, merge_layer_aggregates
+from models.kernels import KERNELS
+from models.policy import collate
+
+DECISION_NAMESPACE = uuid.UUID("6f1c7e0e-6d1b-4d8e-9a53-7a6d2f0b8c11")
+
+
+def decision_id(model_id: str, run_id: str, epoch: int, trigger: str) -> str:
+    """Deterministic, so a re-processed epoch yields the same id (hosts apply each id once)."""
+    return str(uuid.uuid5(DECISION_NAMESPACE, f"{model_id}/{run_id}/{epoch}/{trigger}"))
+
+
+@dataclass
+class DueModel:
+    """A model whose epoch ended, with everything the policy needs about it."""
+
+    outcome: dict[str, Any]
+    graph: ModelGraph
+    legal: np.ndarray
+    gate: dict[str, Any]
+    trigger: str = "epoch_end"
+
+
+@dataclass
+class Made:
+    """One decision: the DecisionRecord, the command to send (None for WAIT), the new gate state."""
+
+    record: dict[str, Any]
+    command: dict[str, Any] | None
+    gate: dict[str, Any]
+
+
+def gate_config(settings: Any) -> GateConfig:
+    return GateConfig(
+        confidence_threshold=settings.confidence_threshold,
+        cooldown_epochs=settings.cooldown_epochs,
+        max_adaptations_per_epoch=settings.max_adaptations_per_epoch,
+        epsilon=settings.exploration_epsilon,
+    )
+
+
+def fresh_gate(gate: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+    """The gate state for ``run_id``: a new run forgets cooldowns of the old one."""
+    if not gate or gate.get("run_id") != run_id:
+        return {"run_id": run_id, "last_decided_epoch": -1, "last_adapted": {},
+                "adapt_epoch": -1, "adaptations": 0}
+    return dict(gate)
+
+
+def prepare(outcome: dict[str, Any], topology: dict[str, Any], windows: list[dict[str, Any]],
+            gate: dict[str, Any] | None, cfg: GateConfig, trigger: str = "epoch_end") -> DueModel | None:
+    """Build the graph and legal-action mask; None when this epoch was already decided."""
+    state = fresh_gate(gate, outcome["run_id"])
+    epoch = outcome["epoch"]
+    if state["last_decided_epoch"] >= epoch:
+        return None
+    aggregates: dict[str, dict] = {}
+    for window in windows:
+        if not window or window.get("run_id") != outcome["run_id"]:
+            continue
+        for name, agg in window.get("layers", {}).items():
+            aggregates[name] = merge_layer_aggregates(aggregates[name], agg) if name in aggregates else agg
+    graph = build_graph(topology, aggregates, state["last_adapted"], epoch)
+    blocked = blocked_layers(state["last_adapted"], epoch, cfg.cooldown_epochs)
+    if state["adapt_epoch"] == epoch and state["adaptations"] >= cfg.max_adaptations_per_epoch:
+        blocked = set(graph.layer_names)
+    legal = legal_mask(graph, len(KERNELS), blocked)
+    return DueModel(outcome, graph, legal, state, trigger)
+
+
+def decide(due: list[DueModel], policy: Any, version: str, cfg: GateConfig) -> list[Made]:
+    """Run the policy once over all due graphs, gate each distribution and sample one action."""
+    if not due:
+        return []
+    batch = collate([d.graph for d in due])
+    probs, values = policy.distributions(batch, [d.legal for d in due])
+    now_ms = int(time.time() * 1000)
+    made = []
+    for item, p, value in zip(due, probs, values):
+        made.append(_one(item, np.asarray(p, dtype=np.float64), float(value), version, cfg, now_ms))
+    return made
+
+
+def _one(item: DueModel, probs: np.ndarray, value: float, version: str, cfg: GateConfig, now_ms: int) -> Made:
+    outcome, graph = item.outcome, item.graph
+    did = decision_id(outcome["model_id"], outcome["run_id"], outcome["epoch"], item.trigger)
+    final, gate_name = gate_distribution(probs, item.legal, cfg)
+    # Seeded by the decision id: re-processing the same epoch with the same policy repeats the choice.
+    rng = np.random.default_rng(uuid.UUID(did).int % (2**63))
+    index, propensity = sample(final, rng)
+    action = decode_action(index, len(KERNELS))
+    layer = seed = kernel = None
+    if action is not None:
+        layer_index, kernel_index = action
+        layer = graph.layer_names[layer_index]
+        seed = graph.dormant_seed[layer_index]
+        kernel = KERNELS[kernel_index]
+    record = {
+        "decision_id": did,
+        "model_id": outcome["model_id"],
+        "run_id": outcome["run_id"],
+        "epoch": outcome["epoch"],
+        "timestamp_ms": now_ms,
+        "trigger": item.trigger,
+        "policy_version": version,
+        "action": "WAIT" if action is None else "GERMINATE",
+        "layer_name": layer,
+        "seed_index": seed,
+        "kernel": kernel,
+        "action_index": int(index),
+        "propensity": float(propensity),
+        "distribution": [float(x) for x in final],
+        "kernels": list(KERNELS),
+        "value_estimate": value,
+        "gate": gate_name,
+        "feature_names": list(FEATURE_NAMES),
+        "layer_names": list(graph.layer_names),
+        "node_features": graph.node_features.tolist(),
+        "edge_source": graph.edge_index[0].tolist(),
+        "edge_target": graph.edge_index[1].tolist(),
+    }
+    gate = dict(item.gate, last_decided_epoch=outcome["epoch"])
+    command = None
+    if action is not None:
+        command = {
+            "decision_id": did, "model_id": outcome["model_id"], "epoch": outcome["epoch"],
+            "timestamp_ms": now_ms, "action": "GERMINATE", "layer_name": layer, "seed_index": seed,
+            "kernel": kernel, "policy_version": version, "probability": float(propensity),
+        }
+        last_adapted = dict(gate["last_adapted"], **{layer: outcome["epoch"]})
+        same_epoch = gate["adapt_epoch"] == outcome["epoch"]
+        gate.update(last_adapted=last_adapted, adapt_epoch=outcome["epoch"],
+                    adaptations=(gate["adaptations"] + 1) if same_epoch else 1)
+    return Made(record, command, gate)

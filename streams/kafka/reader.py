@@ -1,0 +1,83 @@
+"""Read topics without a consumer group (assign + explicit offsets): replay, tests, demo, status."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from streams.kafka.clients import make_consumer
+from tamiyo.config import Settings
+
+
+def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=timeout)
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None:
+        raise RuntimeError(f"topic {topic!r} is not available: {getattr(info, 'error', 'missing')}")
+    return sorted(info.partitions)
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """High watermark of every partition (where the next record will be written)."""
+    consumer = make_consumer(settings)
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
+                for p in partitions_of(consumer, topic)}
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    start: dict[int, int] | None = None,
+    stop: dict[int, int] | None = None,
+    idle_timeout: float = 5.0,
+) -> Iterator[Message]:
+    """Yield records from ``start`` (default: beginning) up to ``stop`` (default: the end right now).
+
+    Stops when every partition reached its stop offset, or after ``idle_timeout`` s with nothing new.
+    """
+    consumer = make_consumer(settings)
+    try:
+        parts = partitions_of(consumer, topic)
+        if stop is None:
+            stop = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1] for p in parts}
+        begin = {p: (start or {}).get(p, 0) for p in parts}
+        open_parts = {p for p in parts if begin[p] < stop.get(p, 0)}
+        if not open_parts:
+            return
+        consumer.assign([TopicPartition(topic, p, begin[p]) for p in sorted(open_parts)])
+        last_progress = time.monotonic()
+        while open_parts:
+            batch = consumer.consume(num_messages=5000, timeout=0.5)
+            if not batch:
+                if time.monotonic() - last_progress > idle_timeout:
+                    return
+                continue
+            last_progress = time.monotonic()
+            for message in batch:
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"error reading {topic}: {message.error()}")
+                partition = message.partition()
+                if partition not in open_parts:
+                    continue
+                if message.offset() >= stop[partition]:
+                    open_parts.discard(partition)
+                    continue
+                yield message
+                if message.offset() + 1 >= stop[partition]:
+                    open_parts.discard(partition)
+    finally:
+        consumer.close()
+
+
+def header(message: Message, name: str) -> str | None:
+    for key, value in message.headers() or []:
+        if key == name:
+            return value.decode() if value is not None else None
+    return None

@@ -1,0 +1,36 @@
+"""Prometheus metrics of one worker (served on TAMIYO_METRICS_PORT when it is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from streams.context import Counters
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("tamiyo_events_total", "Messages processed, by kind", ["kind"], registry=r)
+        self.decision_batch_seconds = Histogram(
+            "tamiyo_decision_batch_seconds", "Time to decide one batch of due models",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
+        self.policy_version = Info("tamiyo_policy", "The policy version being served", registry=r)
+        self.hot_swaps = Counter("tamiyo_policy_hot_swaps_total", "Policy hot swaps", registry=r)
+        self.registry_errors = Counter("tamiyo_registry_errors_total", "Failed registry polls", registry=r)
+        self.consumer_lag = Gauge("tamiyo_consumer_lag", "Consumer lag by topic", ["topic"], registry=r)
+        self._seen: dict[str, int] = {}
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    def observe_counters(self, counters: Counters) -> None:
+        for kind, value in counters.as_dict().items():
+            delta = value - self._seen.get(kind, 0)
+            if delta > 0:
+                self.events.labels(kind).inc(delta)
+                self._seen[kind] = value
+
+    def observe_decisions(self, count: int, seconds: float, version: str) -> None:
+        self.decision_batch_seconds.observe(seconds)
+        self.policy_version.info({"version": version})

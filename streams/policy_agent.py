@@ -1,0 +1,92 @@
+"""Policy agent: when a model's epoch ends, decide (batched across models), archive, command."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+
+from schemas import encode
+from streams.archive import archive, provenance
+from streams.context import WorkerContext
+from streams.deadletter import send_dead_letter
+from streams.decisions import DueModel, decide, gate_config, prepare
+from streams.faust_compat import as_current
+from streams.intake import Accepted, accept, from_faust_event
+from streams.outbox import Outbox
+from streams.telemetry import window_at
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = frozenset({"EpochOutcome", "CommandOutcome"})
+
+
+def register(app: faust.App, ctx: WorkerContext) -> Any:
+    settings = ctx.settings
+    source = app.topic(settings.topics.outcomes, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="policy")
+    async def policy(stream: Any) -> None:
+        async for events in stream.take_events(settings.policy_batch_max, within=settings.policy_batch_within_s):
+            outbox = Outbox(app.producer)
+            await process_batch(ctx, outbox, [from_faust_event(e) for e in events])
+
+    return policy
+
+
+async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> None:
+    settings = ctx.settings
+    topics = settings.topics
+    cfg = gate_config(settings)
+    started = time.perf_counter()
+    due: dict[str, tuple[DueModel, Any]] = {}
+    for raw in messages:
+        result = accept(raw, OUTCOMES, settings.max_message_bytes)
+        if not isinstance(result, Accepted):
+            ctx.counters.dead_letters += 1
+            await send_dead_letter(outbox, topics.deadletter, result, settings.dead_letter_value_bytes)
+            continue
+        await archive(outbox, topics.experience, result.name, raw)
+        ctx.counters.archived += 1
+        if result.name == "CommandOutcome":
+            ctx.counters.command_outcomes += 1
+            continue
+        ctx.counters.epoch_outcomes += 1
+        item = _prepare(ctx, result.record, cfg, due.get(result.record["model_id"]))
+        if item is not None:
+            due[result.record["model_id"]] = (item, raw.event)
+    serving = ctx.policy.serving
+    made = decide([d for d, _ in due.values()], serving.model, serving.version, cfg)
+    for decision, (_, event) in zip(made, due.values()):
+        key = decision.record["model_id"].encode()
+        await outbox.send(topics.experience, key, encode("DecisionRecord", decision.record),
+                          provenance("DecisionRecord"))
+        ctx.counters.decisions += 1
+        if decision.command is not None:
+            await outbox.send(topics.commands, key, encode("AdaptationCommand", decision.command))
+            ctx.counters.commands_sent += 1
+    await outbox.flush()
+    # Gate state is written only after the decision and command are delivered: a crash before
+    # this point re-decides the epoch (same decision id), a crash after it never re-sends.
+    for decision, (_, event) in zip(made, due.values()):
+        with as_current(event):
+            ctx.gate_state[decision.record["model_id"]] = decision.gate
+    if ctx.metrics is not None and made:
+        ctx.metrics.observe_decisions(len(made), time.perf_counter() - started, serving.version)
+        ctx.metrics.observe_counters(ctx.counters)
+
+
+def _prepare(ctx: WorkerContext, outcome: dict, cfg: Any, pending: tuple | None) -> DueModel | None:
+    model_id = outcome["model_id"]
+    topology = ctx.topologies.get(model_id)
+    if not topology:
+        ctx.counters.skipped_no_topology += 1
+        log.info("no topology yet for %s; epoch %d not decided", model_id, outcome["epoch"])
+        return None
+    gate = pending[0].gate if pending else ctx.gate_state.get(model_id)
+    now_s = outcome["timestamp_ms"] / 1000.0
+    windows = [window_at(ctx, now_s - ctx.settings.window_seconds)[model_id].current(),
+               window_at(ctx, now_s)[model_id].current()]
+    return prepare(outcome, topology, windows, gate, cfg)

@@ -1,0 +1,36 @@
+"""Run one worker process: the Faust app plus metrics (and, when configured, champion polling)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import faust
+
+from streams.factory import create_app
+from tamiyo.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> int:
+    """Block until SIGINT/SIGTERM; returns the exit code."""
+    app, ctx = create_app(settings)
+    if settings.metrics_port:
+        ctx.metrics.serve(settings.metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+
+    @app.timer(interval=10.0)
+    async def report() -> None:
+        log.info("counters %s policy=%s", ctx.counters.as_dict(), ctx.policy.serving.version)
+
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    log.info("worker starting: policy %s, broker %s", ctx.policy.serving.version, settings.bootstrap_servers)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        log.info("worker stopped: counters %s", ctx.counters.as_dict())
+        sys.stdout.flush()
+    return 0

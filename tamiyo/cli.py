@@ -1,0 +1,126 @@
+"""The ``tamiyo`` command: one sub-command per process kind. Configuration: environment + flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from tamiyo.config import Settings
+
+LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+              "info": logging.INFO, "debug": logging.DEBUG}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "bootstrap", None):
+        overrides["bootstrap_servers"] = args.bootstrap
+    if getattr(args, "prefix", None):
+        overrides["topic_prefix"] = args.prefix
+    return Settings.from_env(**overrides)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--prefix", help="topic prefix (default: $TAMIYO_TOPIC_PREFIX or 'tamiyo')")
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from tamiyo.broker.cli import run_broker
+
+    return run_broker(_settings(args))
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.kafka.admin import ensure_topics
+
+    created = ensure_topics(_settings(args))
+    print("created:", ", ".join(created) if created else "nothing (all topics exist)")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(_settings(args))
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from hosts.host import run_host
+
+    stats = run_host(_settings(args), model_id=args.model_id, epochs=args.epochs, seed=args.seed)
+    print(stats)
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from hosts.fleet import run_fleet
+
+    stats = run_fleet(_settings(args), models=args.models, duration_s=args.duration, epochs=args.epochs,
+                      epoch_interval_s=args.epoch_interval, seed=args.seed)
+    print(stats)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tamiyo.demo import DemoOptions, run_demo
+
+    options = DemoOptions(duration_s=args.duration, hosts=args.hosts, host_epochs=args.host_epochs,
+                          fleet_models=args.fleet_models, summary_path=args.summary,
+                          bad_messages=args.bad_messages)
+    summary = run_demo(_settings(args), options)
+    return 0 if summary["commands_applied"] > 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tamiyo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        p.set_defaults(func=func)
+        return p
+
+    add("broker", cmd_broker, "run the embedded broker (TAMIYO_BROKER=auto|kafka|tansu) until Ctrl-C")
+    add("topics", cmd_topics, "create the Tamiyo topics if missing")
+    add("worker", cmd_worker, "run a Faust worker (same as: faust -A streams.app worker)")
+    p = add("host", cmd_host, "train a real KasminaMLP on sklearn digits and follow the controller")
+    p.add_argument("--model-id", default=f"host-{os.getpid()}")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p = add("fleet", cmd_fleet, "simulate many hosts at high rate")
+    p.add_argument("--models", type=int, default=100)
+    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until --epochs)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model to run")
+    p.add_argument("--epoch-interval", type=float, default=1.0, help="seconds between a model's epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p = add("demo", cmd_demo, "run the whole system on embedded defaults and print a summary")
+    p.add_argument("--duration", type=float, default=float(os.environ.get("TAMIYO_DEMO_SECONDS", 60)))
+    p.add_argument("--hosts", type=int, default=2, help="real training hosts")
+    p.add_argument("--host-epochs", type=int, default=8)
+    p.add_argument("--fleet-models", type=int, default=50, help="simulated models")
+    p.add_argument("--bad-messages", type=int, default=5, help="malformed messages to inject")
+    p.add_argument("--summary", default=None, help="also write the summary as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = LOG_LEVELS.get(os.environ.get("TAMIYO_LOG_LEVEL", "info"), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:
+        print(f"tamiyo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""``tamiyo demo``: broker, topics, a worker, real hosts and a simulated fleet; live progress; summary.
+
+Every figure in the summary is counted from the topics themselves (the experience archive and the
+dead-letter topic), not from the processes' own claims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import TopicPartition
+from tqdm import tqdm
+
+from schemas import DecodeError, decode, encode
+from streams.archive import TYPE_HEADER
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.reader import end_offsets, header, partitions_of
+from tamiyo.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoOptions:
+    duration_s: float = 60.0
+    hosts: int = 2
+    host_epochs: int = 8
+    fleet_models: int = 50
+    fleet_epoch_interval_s: float = 1.0
+    bad_messages: int = 5
+    summary_path: str | None = None
+    drain_timeout_s: float = 30.0
+
+
+class Tally(threading.Thread):
+    """Tails the experience and dead-letter topics from given offsets and counts what it sees."""
+
+    def __init__(self, settings: Settings, start: dict[str, dict[int, int]]) -> None:
+        super().__init__(daemon=True, name="tally")
+        self.settings = settings
+        self.start_offsets = start
+        self.types: Counter[str] = Counter()
+        self.applied = 0
+        self.models: set[str] = set()
+        self.policy_versions: Counter[str] = Counter()
+        self.dead_letters = 0
+        self.total = 0
+        self.last_change = time.monotonic()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        consumer = make_consumer(self.settings)
+        topics = self.settings.topics
+        assignment = []
+        for topic in (topics.experience, topics.deadletter):
+            for p in partitions_of(consumer, topic):
+                assignment.append(TopicPartition(topic, p, self.start_offsets.get(topic, {}).get(p, 0)))
+        consumer.assign(assignment)
+        try:
+            while not self._stop.is_set():
+                for message in consumer.consume(num_messages=2000, timeout=0.2):
+                    if message.error() is None:
+                        self._count(message)
+        finally:
+            consumer.close()
+
+    def _count(self, message: Any) -> None:
+        self.last_change = time.monotonic()
+        if message.topic() == self.settings.topics.deadletter:
+            self.dead_letters += 1
+            return
+        self.total += 1
+        kind = header(message, TYPE_HEADER) or "unknown"
+        self.types[kind] += 1
+        if kind in ("ModelTopology", "DecisionRecord", "CommandOutcome"):
+            try:
+                record = decode(message.value()).value
+            except DecodeError:
+                return
+            if kind == "ModelTopology":
+                self.models.add(record["model_id"])
+            elif kind == "DecisionRecord":
+                self.policy_versions[record["policy_version"]] += 1
+            elif record["status"] == "APPLIED":
+                self.applied += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "models": len(self.models),
+            "health_signals": self.types["HealthSignal"],
+            "decisions": self.types["DecisionRecord"],
+            "commands_sent": self.types["AdaptationCommand"],
+            "commands_applied": self.applied,
+            "experience_records": self.total,
+            "dead_letters": self.dead_letters,
+            "policy_version": self.policy_versions.most_common(1)[0][0] if self.policy_versions else "none",
+            "epoch_outcomes": self.types["EpochOutcome"],
+            "command_outcomes": self.types["CommandOutcome"],
+        }
+
+
+def bad_messages(count: int, seed: int = 0) -> list[tuple[bytes | None, bytes]]:
+    """A few kinds of malformed input, to show the dead-letter path in the demo."""
+    rng = random.Random(seed)
+    good = encode("EpochOutcome", {"model_id": "demo-bad", "run_id": "r", "epoch": 0, "timestamp_ms": 0,
+                                   "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5,
+                                   "val_accuracy": 0.5, "parameter_count": 1, "final": False})
+    kinds = [
+        (b"demo-bad", bytes(rng.getrandbits(8) for _ in range(40))),  # random bytes
+        (b"demo-bad", good[:15]),  # truncated Avro
+        (b"demo-bad", b"\x00\x01" + good[2:]),  # wrong header
+        (b"someone-else", good),  # key disagrees with model id
+        (None, good),  # empty key
+    ]
+    return [kinds[i % len(kinds)] for i in range(count)]
+
+
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    handle = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "tamiyo.cli", *args], env=env, stdout=handle,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
+    from tamiyo.broker import start_broker
+
+    workdir = settings.data_dir / "demo"
+    broker = None
+    if not settings.bootstrap_servers:
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        settings = dataclasses.replace(settings, data_dir=workdir)
+        broker = start_broker(settings)
+        settings = dataclasses.replace(settings, bootstrap_servers=broker.bootstrap)
+        print(f"broker: {type(broker).__name__} at {broker.bootstrap}")
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes: list[subprocess.Popen] = []
+    tally = None
+    try:
+        ensure_topics(settings)
+        topics = settings.topics
+        tally = Tally(settings, {t: end_offsets(settings, t) for t in (topics.experience, topics.deadletter)})
+        tally.start()
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+                   TAMIYO_TOPIC_PREFIX=settings.topic_prefix, TAMIYO_DATA_DIR=str(settings.data_dir),
+                   TAMIYO_PARTITIONS=str(settings.partitions))
+        worker = _spawn(["worker"], env, logs / "worker.log")
+        processes.append(worker)
+        hosts = [_spawn(["host", "--model-id", f"demo-host-{i}", "--epochs", str(options.host_epochs),
+                         "--seed", str(i)], env, logs / f"host-{i}.log") for i in range(options.hosts)]
+        processes += hosts
+        fleet = _spawn(["fleet", "--models", str(options.fleet_models), "--duration", str(options.duration_s),
+                        "--epoch-interval", str(options.fleet_epoch_interval_s), "--seed", str(settings.seed)],
+                       env, logs / "fleet.log")
+        processes.append(fleet)
+        _inject(settings, options.bad_messages)
+        _progress(tally, options.duration_s, processes)
+        for host in hosts:
+            try:
+                host.wait(timeout=max(5.0, options.drain_timeout_s))
+            except subprocess.TimeoutExpired:
+                _stop(host)
+        _stop(fleet, timeout=30)
+        _drain(tally, options.drain_timeout_s)
+        if worker.poll() is not None:
+            print(f"warning: the worker exited early with code {worker.returncode}; see {logs / 'worker.log'}")
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+        if tally is not None:
+            tally.stop()
+            tally.join(timeout=5)
+        if broker is not None:
+            broker.stop()
+    summary = tally.summary() if tally else {}
+    print(json.dumps(summary, indent=2))
+    print(f"logs: {logs}")
+    if options.summary_path:
+        Path(options.summary_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _inject(settings: Settings, count: int) -> None:
+    if count <= 0:
+        return
+    producer = make_producer(settings)
+    for key, value in bad_messages(count, settings.seed):
+        producer.produce(settings.topics.outcomes, key=key, value=value)
+    producer.flush(10)
+
+
+def _progress(tally: Tally, duration_s: float, processes: list[subprocess.Popen]) -> None:
+    started = time.monotonic()
+    with tqdm(total=int(duration_s), unit="s", desc="demo", dynamic_ncols=True) as bar:
+        while (elapsed := time.monotonic() - started) < duration_s:
+            time.sleep(1.0)
+            bar.n = min(int(elapsed), int(duration_s))
+            s = tally.summary()
+            bar.set_postfix(models=s["models"], signals=s["health_signals"], decisions=s["decisions"],
+                            applied=s["commands_applied"], dlq=s["dead_letters"], refresh=False)
+            bar.refresh()
+            if processes[0].poll() is not None:
+                print(f"worker exited with code {processes[0].returncode}")
+                return
+
+
+def _drain(tally: Tally, timeout: float) -> None:
+    """Wait until the archive has been quiet for 3 s (the worker caught up), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and time.monotonic() - tally.last_change < 3.0:
+        time.sleep(0.5)
