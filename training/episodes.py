@@ -1,0 +1,142 @@
+"""Rebuild per-model episodes from replayed experience and join each decision to its outcomes.
+
+Reward of a decision made after epoch ``e`` (the README documents it):
+
+    r = val_loss[e] - val_loss[min(e + horizon, last epoch of the run)] - parameter_cost * parameter_delta
+
+``parameter_delta`` comes from the host's CommandOutcome (0 for WAIT or a rejected command).
+When the outcome never arrives because the host died (no record of the run for ``dead_after_s``
+before the end of the data), the decision gets ``default_reward`` and the episode ends there.
+Decisions whose outcome simply has not happened yet (the run is still live) are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from training.replay import ExperienceRecord
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    horizon: int = 3
+    parameter_cost: float = 1e-5
+    default_reward: float = -0.05
+    dead_after_s: float = 120.0
+
+
+@dataclass
+class GraphState:
+    """What the policy saw: node features [N, F], edges [2, E], layer names, legal action mask."""
+
+    layer_names: list[str]
+    node_features: np.ndarray
+    edge_index: np.ndarray
+    legal: np.ndarray
+
+    @classmethod
+    def from_decision(cls, record: dict[str, Any]) -> "GraphState":
+        features = np.asarray(record["node_features"], dtype=np.float32).reshape(len(record["layer_names"]), -1)
+        edges = np.asarray([record["edge_source"], record["edge_target"]], dtype=np.int64).reshape(2, -1)
+        legal = np.asarray(record["distribution"], dtype=np.float64) > 0.0
+        return cls(list(record["layer_names"]), features, edges, legal)
+
+
+@dataclass
+class Transition:
+    state: GraphState
+    action: int
+    propensity: float
+    reward: float
+    next_state: GraphState | None
+    done: bool
+    behaviour: np.ndarray  # the full logged distribution
+    decision_id: str
+    model_id: str
+    epoch: int
+    policy_version: str
+    imputed: bool = False  # True when the reward is the default (outcome never arrived)
+
+
+@dataclass
+class Episode:
+    model_id: str
+    run_id: str
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    command_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final_epoch: int | None = None
+    last_seen_ms: int = 0
+
+
+def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Episode]:
+    """Group by (model_id, run_id); duplicates from at-least-once delivery are dropped by id/epoch."""
+    episodes: dict[tuple[str, str], Episode] = {}
+    runs_of_decision: dict[str, tuple[str, str]] = {}
+    pending_outcomes: list[ExperienceRecord] = []
+    for rec in records:
+        value = rec.value
+        if rec.name not in ("DecisionRecord", "EpochOutcome", "CommandOutcome"):
+            continue
+        key = (value["model_id"], value["run_id"])
+        episode = episodes.setdefault(key, Episode(*key))
+        episode.last_seen_ms = max(episode.last_seen_ms, rec.timestamp_ms)
+        if rec.name == "DecisionRecord":
+            episode.decisions.setdefault(value["decision_id"], value)
+            runs_of_decision[value["decision_id"]] = key
+        elif rec.name == "EpochOutcome":
+            episode.epochs.setdefault(value["epoch"], value)
+            if value["final"]:
+                episode.final_epoch = value["epoch"]
+        else:
+            pending_outcomes.append(rec)
+    for rec in pending_outcomes:
+        key = runs_of_decision.get(rec.value["decision_id"], (rec.value["model_id"], rec.value["run_id"]))
+        if key in episodes:
+            episodes[key].command_outcomes.setdefault(rec.value["decision_id"], rec.value)
+    return episodes
+
+
+def transitions(episodes: dict[tuple[str, str], Episode], cfg: RewardConfig, data_end_ms: int) -> list[Transition]:
+    """Every decision with a known (or imputed) reward, in episode order."""
+    out: list[Transition] = []
+    for episode in episodes.values():
+        out.extend(_episode_transitions(episode, cfg, data_end_ms))
+    return out
+
+
+def _episode_transitions(episode: Episode, cfg: RewardConfig, data_end_ms: int) -> list[Transition]:
+    decisions = sorted(episode.decisions.values(), key=lambda d: (d["epoch"], d["timestamp_ms"]))
+    dead = episode.final_epoch is None and data_end_ms - episode.last_seen_ms > cfg.dead_after_s * 1000
+    last_epoch = episode.final_epoch if episode.final_epoch is not None else max(episode.epochs, default=-1)
+    kept: list[tuple[dict, float, bool]] = []
+    for decision in decisions:
+        epoch = decision["epoch"]
+        target = min(epoch + cfg.horizon, last_epoch) if episode.final_epoch is not None else epoch + cfg.horizon
+        before, after = episode.epochs.get(epoch), episode.epochs.get(target)
+        if before is not None and after is not None and target > epoch:
+            outcome = episode.command_outcomes.get(decision["decision_id"])
+            delta = outcome["parameter_delta"] if outcome and outcome["status"] == "APPLIED" else 0
+            reward = before["val_loss"] - after["val_loss"] - cfg.parameter_cost * delta
+            kept.append((decision, reward, False))
+        elif episode.final_epoch is not None and epoch >= episode.final_epoch:
+            kept.append((decision, 0.0, False))  # decided on the last epoch: nothing follows
+        elif dead:
+            kept.append((decision, cfg.default_reward, True))
+        # else: the outcome is still in the future; leave the decision out
+    result = []
+    for i, (decision, reward, imputed) in enumerate(kept):
+        nxt = kept[i + 1][0] if i + 1 < len(kept) else None
+        state = GraphState.from_decision(decision)
+        result.append(Transition(
+            state=state, action=decision["action_index"], propensity=decision["propensity"], reward=reward,
+            next_state=GraphState.from_decision(nxt) if nxt is not None else None,
+            done=nxt is None and (episode.final_epoch is not None or dead),
+            behaviour=np.asarray(decision["distribution"], dtype=np.float64),
+            decision_id=decision["decision_id"], model_id=episode.model_id, epoch=decision["epoch"],
+            policy_version=decision["policy_version"], imputed=imputed,
+        ))
+    return result

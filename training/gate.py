@@ -1,0 +1,38 @@
+"""The promotion gate: promote a challenger only when it is confidently better than the champion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from training.ope import OPEReport
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    estimator: str = "dr"
+    min_effective_sample_size: float = 50.0
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    promote: bool
+    reason: str
+    challenger_low: float
+    champion_value: float
+
+
+def judge(challenger: OPEReport, champion: OPEReport, cfg: GateConfig) -> GateVerdict:
+    """Promote when the challenger's lower bound beats the champion's estimate on the same data
+    (plus ``margin``) and the challenger's effective sample size is at least the floor."""
+    name = cfg.estimator if cfg.estimator in challenger.estimates else "snips"
+    ours = challenger.estimates[name]
+    theirs = champion.estimates[name]
+    if challenger.effective_sample_size < cfg.min_effective_sample_size:
+        return GateVerdict(False, f"effective sample size {challenger.effective_sample_size:.1f} < floor "
+                                  f"{cfg.min_effective_sample_size:.1f}", ours.low, theirs.value)
+    if ours.low <= theirs.value + cfg.margin:
+        return GateVerdict(False, f"{name} lower bound {ours.low:.4f} does not beat champion "
+                                  f"{theirs.value:.4f} + margin {cfg.margin}", ours.low, theirs.value)
+    return GateVerdict(True, f"{name} lower bound {ours.low:.4f} > champion {theirs.value:.4f} + margin "
+                             f"{cfg.margin}; ESS {challenger.effective_sample_size:.1f}", ours.low, theirs.value)
