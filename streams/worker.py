@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import faust
 
@@ -20,6 +21,10 @@ def run_worker(settings: Settings) -> int:
         ctx.metrics.serve(settings.metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
 
+    poller = None
+    if settings.policy == "champion":
+        poller = start_champion_poller(settings, ctx)
+
     @app.timer(interval=10.0)
     async def report() -> None:
         log.info("counters %s policy=%s", ctx.counters.as_dict(), ctx.policy.serving.version)
@@ -31,6 +36,22 @@ def run_worker(settings: Settings) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
+        if poller is not None:
+            poller.stop()
         log.info("worker stopped: counters %s", ctx.counters.as_dict())
         sys.stdout.flush()
     return 0
+
+
+def start_champion_poller(settings: Settings, ctx: Any) -> Any:
+    """Serve the registry's champion: poll its alias in a thread, never on the event loop."""
+    from streams.champion import ChampionPoller
+    from training.registry import PolicyRegistry, configure_client_env
+
+    configure_client_env()
+    registry = PolicyRegistry(settings.tracking_uri, settings.registered_model)
+    poller = ChampionPoller(registry, ctx.policy, settings.champion_poll_seconds,
+                            settings.data_dir / "policies", ctx.metrics)
+    poller.poll_once()  # serve the champion from the first decision when there is one
+    poller.start()
+    return poller
