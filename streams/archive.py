@@ -21,30 +21,36 @@ async def archive(outbox: Outbox, experience_topic: str, message_type: str, raw:
     await outbox.send(experience_topic, raw.key, raw.value or b"", provenance(message_type, raw))
 
 
-def register(app, ctx) -> object:  # type: ignore[no-untyped-def]
-    """The archive agent for the output topic ``commands`` (inputs are archived as they are validated)."""
-    from streams.intake import Accepted, accept, from_faust_event
+
+COMMANDS = frozenset({"AdaptationCommand"})
+
+
+async def process_batch(ctx, outbox: Outbox, messages: list) -> None:  # type: ignore[no-untyped-def]
+    """Archive valid commands; dead-letter anything else that was written to the commands topic."""
+    from streams.deadletter import send_dead_letter
+    from streams.intake import Accepted, accept
 
     settings = ctx.settings
-    topics = settings.topics
-    source = app.topic(topics.commands, key_serializer="raw", value_serializer="raw")
-    expected = frozenset({"AdaptationCommand"})
+    for raw in messages:
+        result = accept(raw, COMMANDS, settings.max_message_bytes)
+        if isinstance(result, Accepted):
+            await archive(outbox, settings.topics.experience, result.name, raw)
+            ctx.counters.archived += 1
+        else:
+            ctx.counters.dead_letters += 1
+            await send_dead_letter(outbox, settings.topics.deadletter, result, settings.dead_letter_value_bytes)
+
+
+def register(app, ctx) -> object:  # type: ignore[no-untyped-def]
+    """The archive agent for the output topic ``commands`` (inputs are archived as they are validated)."""
+    from streams.intake import from_faust_event
+    from streams.resilience import process_safely
+
+    source = app.topic(ctx.settings.topics.commands, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="archive")
     async def archive_commands(stream):  # type: ignore[no-untyped-def]
-        from streams.deadletter import send_dead_letter
-
         async for events in stream.take_events(1000, within=0.05):
-            outbox = Outbox(app.producer)
-            for event in events:
-                raw = from_faust_event(event)
-                result = accept(raw, expected, settings.max_message_bytes)
-                if isinstance(result, Accepted):
-                    await archive(outbox, topics.experience, result.name, raw)
-                    ctx.counters.archived += 1
-                else:
-                    ctx.counters.dead_letters += 1
-                    await send_dead_letter(outbox, topics.deadletter, result, settings.dead_letter_value_bytes)
-            await outbox.flush()
+            await process_safely(ctx, app.producer, process_batch, [from_faust_event(e) for e in events])
 
     return archive_commands

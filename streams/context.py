@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.parking import Parking
 from tamiyo.config import Settings
 
 
@@ -35,3 +36,9 @@ class WorkerContext:
     policy: Any = None  # streams.policy_holder.PolicyHolder
     metrics: Any = None  # streams.metrics.WorkerMetrics or None
     counters: Counters = field(default_factory=Counters)
+    parked_signals: Parking = field(default_factory=lambda: Parking(30.0, 100_000))
+    parked_outcomes: Parking = field(default_factory=lambda: Parking(30.0, 100_000))
+
+    def __post_init__(self) -> None:
+        self.parked_signals = Parking(self.settings.park_seconds, self.settings.park_capacity)
+        self.parked_outcomes = Parking(self.settings.park_seconds, self.settings.park_capacity)

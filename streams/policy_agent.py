@@ -16,6 +16,7 @@ from streams.decisions import DueModel, decide, gate_config, prepare
 from streams.faust_compat import as_current
 from streams.intake import Accepted, accept, from_faust_event
 from streams.outbox import Outbox
+from streams.resilience import process_safely
 from streams.telemetry import window_at
 
 log = logging.getLogger(__name__)
@@ -27,21 +28,26 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
     settings = ctx.settings
     source = app.topic(settings.topics.outcomes, key_serializer="raw", value_serializer="raw")
 
+    @app.timer(interval=0.5)
+    async def decide_parked() -> None:
+        if len(ctx.parked_outcomes):
+            outbox = Outbox(app.producer)
+            await decide_and_send(ctx, outbox, [])
+            await outbox.flush()
+
     @app.agent(source, name="policy")
     async def policy(stream: Any) -> None:
         async for events in stream.take_events(settings.policy_batch_max, within=settings.policy_batch_within_s):
-            outbox = Outbox(app.producer)
-            await process_batch(ctx, outbox, [from_faust_event(e) for e in events])
+            await process_safely(ctx, app.producer, process_batch, [from_faust_event(e) for e in events])
 
     return policy
 
 
 async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> None:
+    """Archive or dead-letter each outcome; decide for every model whose epoch ended."""
     settings = ctx.settings
     topics = settings.topics
-    cfg = gate_config(settings)
-    started = time.perf_counter()
-    due: dict[str, tuple[DueModel, Any]] = {}
+    ended: list[tuple[dict, Any]] = []
     for raw in messages:
         result = accept(raw, OUTCOMES, settings.max_message_bytes)
         if not isinstance(result, Accepted):
@@ -52,14 +58,39 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
         ctx.counters.archived += 1
         if result.name == "CommandOutcome":
             ctx.counters.command_outcomes += 1
+        else:
+            ctx.counters.epoch_outcomes += 1
+            ended.append((result.record, raw.event))
+    await decide_and_send(ctx, outbox, ended)
+
+
+async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any]]) -> None:
+    """One batched policy call over every due model; outcomes of models without topology wait."""
+    topics = ctx.settings.topics
+    cfg = gate_config(ctx.settings)
+    started = time.perf_counter()
+    for model_id in ctx.parked_outcomes.models():
+        if ctx.topologies.get(model_id):
+            ended = ctx.parked_outcomes.release(model_id) + ended
+    expired = ctx.parked_outcomes.expired()
+    if expired:
+        ctx.counters.skipped_no_topology += len(expired)
+        log.warning("%d epoch outcomes expired without a topology; not decided", len(expired))
+    due: dict[str, tuple[DueModel, Any]] = {}
+    for record, event in ended:
+        model_id = record["model_id"]
+        if not ctx.topologies.get(model_id):
+            if not ctx.parked_outcomes.park(model_id, (record, event)):
+                ctx.counters.skipped_no_topology += 1
             continue
-        ctx.counters.epoch_outcomes += 1
-        item = _prepare(ctx, result.record, cfg, due.get(result.record["model_id"]))
+        item = _prepare(ctx, record, cfg, due.get(model_id))
         if item is not None:
-            due[result.record["model_id"]] = (item, raw.event)
+            due[model_id] = (item, event)
+    if not due:
+        return
     serving = ctx.policy.serving
     made = decide([d for d, _ in due.values()], serving.model, serving.version, cfg)
-    for decision, (_, event) in zip(made, due.values()):
+    for decision in made:
         key = decision.record["model_id"].encode()
         await outbox.send(topics.experience, key, encode("DecisionRecord", decision.record),
                           provenance("DecisionRecord"))
@@ -73,20 +104,15 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     for decision, (_, event) in zip(made, due.values()):
         with as_current(event):
             ctx.gate_state[decision.record["model_id"]] = decision.gate
-    if ctx.metrics is not None and made:
+    if ctx.metrics is not None:
         ctx.metrics.observe_decisions(len(made), time.perf_counter() - started, serving.version)
         ctx.metrics.observe_counters(ctx.counters)
 
 
 def _prepare(ctx: WorkerContext, outcome: dict, cfg: Any, pending: tuple | None) -> DueModel | None:
     model_id = outcome["model_id"]
-    topology = ctx.topologies.get(model_id)
-    if not topology:
-        ctx.counters.skipped_no_topology += 1
-        log.info("no topology yet for %s; epoch %d not decided", model_id, outcome["epoch"])
-        return None
     gate = pending[0].gate if pending else ctx.gate_state.get(model_id)
     now_s = outcome["timestamp_ms"] / 1000.0
-    windows = [window_at(ctx, now_s - ctx.settings.window_seconds)[model_id].current(),
-               window_at(ctx, now_s)[model_id].current()]
-    return prepare(outcome, topology, windows, gate, cfg)
+    windows = [window_at(ctx, now_s - ctx.settings.window_seconds)[model_id].value(),
+               window_at(ctx, now_s)[model_id].value()]
+    return prepare(outcome, ctx.topologies[model_id], windows, gate, cfg)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 import faust
@@ -15,6 +14,7 @@ from streams.deadletter import send_dead_letter
 from streams.faust_compat import as_current
 from streams.intake import Accepted, Rejected, accept, from_faust_event
 from streams.outbox import Outbox
+from streams.resilience import process_safely
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,17 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
     topics = settings.topics
     source = app.topic(topics.topology, topics.health, key_serializer="raw", value_serializer="raw")
 
+    @app.timer(interval=1.0)
+    async def sweep_parked() -> None:
+        if len(ctx.parked_signals):
+            outbox = Outbox(app.producer)
+            await expire_parked(ctx, outbox)
+            await outbox.flush()
+
     @app.agent(source, name="telemetry")
     async def telemetry(stream: Any) -> None:
         async for events in stream.take_events(settings.policy_batch_max * 4, within=0.05):
-            outbox = Outbox(app.producer)
-            await process_batch(ctx, outbox, [from_faust_event(e) for e in events])
-            await outbox.flush()
+            await process_safely(ctx, app.producer, process_batch, [from_faust_event(e) for e in events])
 
     return telemetry
 
@@ -43,43 +48,62 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     topics = settings.topics
     # Topology first, so a model's signals in the same batch find it.
     messages = sorted(messages, key=lambda m: m.topic != topics.topology)
-    by_model: dict[str, list[dict]] = defaultdict(list)
-    events: dict[str, Any] = {}
+    folds: dict[str, tuple[Any, list[dict]]] = {}
     for raw in messages:
         expected = TOPOLOGY if raw.topic == topics.topology else HEALTH
         result = accept(raw, expected, settings.max_message_bytes)
-        if isinstance(result, Accepted) and result.name == "HealthSignal":
-            result = _check_against_topology(ctx, result)
         if isinstance(result, Rejected):
-            ctx.counters.dead_letters += 1
-            await send_dead_letter(outbox, topics.deadletter, result, settings.dead_letter_value_bytes)
-            continue
-        await archive(outbox, topics.experience, result.name, raw)
-        ctx.counters.archived += 1
-        if result.name == "ModelTopology":
+            await _reject(ctx, outbox, result)
+        elif result.name == "ModelTopology":
+            model_id = result.record["model_id"]
+            await archive(outbox, topics.experience, result.name, raw)
+            ctx.counters.archived += 1
             with as_current(raw.event):
-                ctx.topologies[result.record["model_id"]] = result.record
+                ctx.topologies[model_id] = result.record
             ctx.counters.topologies += 1
+            for parked in ctx.parked_signals.release(model_id):
+                await _signal(ctx, outbox, parked, folds, event=raw.event)
+        elif not ctx.topologies.get(result.record["model_id"]):
+            if not ctx.parked_signals.park(result.record["model_id"], result):
+                await _reject(ctx, outbox, Rejected(raw, "unknown_model", "no topology for model "
+                                                    f"{result.record['model_id']!r} (parking is full)"))
         else:
-            by_model[result.record["model_id"]].append(result.record)
-            events[result.record["model_id"]] = raw.event
-            ctx.counters.health_signals += 1
-    for model_id, signals in by_model.items():
-        with as_current(events[model_id]):
+            await _signal(ctx, outbox, result, folds, event=raw.event)
+    for model_id, (event, signals) in folds.items():
+        with as_current(event):
             _fold_signals(ctx, model_id, signals)
+    await expire_parked(ctx, outbox)
     if ctx.metrics is not None:
         ctx.metrics.observe_counters(ctx.counters)
 
 
-def _check_against_topology(ctx: WorkerContext, accepted: Accepted) -> Accepted | Rejected:
+async def expire_parked(ctx: WorkerContext, outbox: Outbox) -> None:
+    """Dead-letter signals whose model never published a topology."""
+    for accepted in ctx.parked_signals.expired():
+        model_id = accepted.record["model_id"]
+        await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_model",
+                                            f"no topology for model {model_id!r} within "
+                                            f"{ctx.parked_signals.ttl_s:.0f}s"))
+
+
+async def _reject(ctx: WorkerContext, outbox: Outbox, rejected: Rejected) -> None:
+    ctx.counters.dead_letters += 1
+    settings = ctx.settings
+    await send_dead_letter(outbox, settings.topics.deadletter, rejected, settings.dead_letter_value_bytes)
+
+
+async def _signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted,
+                  folds: dict[str, tuple[Any, list[dict]]], event: Any) -> None:
     record = accepted.record
     topology = ctx.topologies.get(record["model_id"])
-    if not topology:
-        return Rejected(accepted.raw, "unknown_model", f"no topology for model {record['model_id']!r}")
     if record["layer_name"] not in {layer["name"] for layer in topology["layers"]}:
-        return Rejected(accepted.raw, "unknown_layer",
-                        f"layer {record['layer_name']!r} is not in the topology of {record['model_id']!r}")
-    return accepted
+        await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_layer", f"layer {record['layer_name']!r} "
+                                            f"is not in the topology of {record['model_id']!r}"))
+        return
+    await archive(outbox, ctx.settings.topics.experience, accepted.name, accepted.raw)
+    ctx.counters.archived += 1
+    ctx.counters.health_signals += 1
+    folds.setdefault(record["model_id"], (event, []))[1].append(record)
 
 
 def window_at(ctx: WorkerContext, timestamp_s: float) -> Any:
@@ -90,7 +114,7 @@ def window_at(ctx: WorkerContext, timestamp_s: float) -> Any:
 def _fold_signals(ctx: WorkerContext, model_id: str, signals: list[dict]) -> None:
     timestamp_s = max(s["timestamp_ms"] for s in signals) / 1000.0
     table = window_at(ctx, timestamp_s)
-    state = dict(table[model_id].current() or {})
+    state = dict(table[model_id].value() or {})
     layers = dict(state.get("layers", {}))
     last = signals[-1]
     if state.get("run_id") not in (None, last["run_id"]):

@@ -1,0 +1,66 @@
+"""A real worker process (``tamiyo worker``) on the session broker, per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tamiyo.config import Settings
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+        TAMIYO_TOPIC_PREFIX=settings.topic_prefix,
+        TAMIYO_DATA_DIR=str(settings.data_dir),
+        TAMIYO_PARTITIONS=str(settings.partitions),
+        TAMIYO_LOG_LEVEL="info",
+        **extra,
+    )
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "tamiyo.cli", "worker"],
+                                        env=worker_env(settings, **env), stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(topics_ready: Settings, tmp_path: Path) -> Iterator:
+    workers: list[WorkerProcess] = []
+
+    def start(**env: str) -> WorkerProcess:
+        worker = WorkerProcess(topics_ready, tmp_path / f"worker-{len(workers)}.log", **env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -1,0 +1,96 @@
+"""A real worker process on a real broker: decisions, commands, archive, dead letters."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from schemas import decode, encode
+from streams.archive import TYPE_HEADER
+from streams.kafka.reader import header
+from tests.samples import SAMPLES
+from tests.streams.kafka_io import TopicCollector, produce, produce_records
+
+pytestmark = pytest.mark.kafka
+
+
+def topology(model_id: str, layers: int = 4) -> dict:
+    names = [f"layers.{i}" for i in range(layers)]
+    return {
+        "model_id": model_id, "run_id": "run-1", "timestamp_ms": int(time.time() * 1000),
+        "layers": [{"name": n, "layer_type": "KasminaLayer", "input_size": 32, "output_size": 32,
+                    "parameter_count": 1056, "num_seeds": 2} for n in names],
+        "edges": [{"source": a, "target": b} for a, b in zip(names, names[1:])],
+    }
+
+
+def signals(model_id: str, epoch: int, sick: str = "layers.2", layers: int = 4) -> list[dict]:
+    now = int(time.time() * 1000)
+    return [dict(SAMPLES["HealthSignal"], model_id=model_id, layer_name=f"layers.{i}", epoch=epoch,
+                 timestamp_ms=now, total_seeds=2, active_seeds=0, seed_states=["DORMANT", "DORMANT"],
+                 health_score=0.05 if f"layers.{i}" == sick else 0.95) for i in range(layers)]
+
+
+def outcome(model_id: str, epoch: int) -> dict:
+    return dict(SAMPLES["EpochOutcome"], model_id=model_id, epoch=epoch, timestamp_ms=int(time.time() * 1000))
+
+
+def decisions_in(messages: list) -> list[dict]:
+    return [decode(m.value()).value for m in messages if header(m, TYPE_HEADER) == "DecisionRecord"]
+
+
+def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_worker) -> None:
+    settings = topics_ready
+    topics = settings.topics
+    worker = start_worker(TAMIYO_EPSILON="0.0")
+    experience = TopicCollector(settings, topics.experience)
+    commands = TopicCollector(settings, topics.commands)
+    deadletter = TopicCollector(settings, topics.deadletter)
+    models = ["m-a", "m-b", "m-c"]
+    produce_records(settings, topics.topology, "ModelTopology", [topology(m) for m in models])
+    time.sleep(0.5)
+    for m in models:
+        produce_records(settings, topics.health, "HealthSignal", signals(m, epoch=1))
+    produce_records(settings, topics.outcomes, "EpochOutcome", [outcome(m, 1) for m in models])
+
+    experience.wait_for(lambda ms: len(decisions_in(ms)) >= 3, timeout=90, alive=worker.alive)
+    for record in decisions_in(experience.messages):
+        distribution = np.array(record["distribution"])
+        assert distribution.sum() == pytest.approx(1.0)
+        assert record["propensity"] == pytest.approx(distribution[record["action_index"]])
+        assert record["policy_version"] == "heuristic-v1"
+        assert len(record["node_features"]) == len(record["layer_names"]) == 4
+        # The heuristic adapts the sick layer (health 0.05 < 0.3); the gate lets it through.
+        assert record["action"] == "GERMINATE" and record["layer_name"] == "layers.2"
+    sent = commands.wait_for(lambda ms: len(ms) >= 3, timeout=30)
+    command_ids = {decode(m.value()).value["decision_id"] for m in sent}
+    assert command_ids == {r["decision_id"] for r in decisions_in(experience.messages)}
+    assert {m.key() for m in sent} == {m.encode() for m in models}
+
+    # Garbage on the health topic is dead-lettered with its origin; the next valid input still works.
+    produce(settings, topics.health, [(b"m-a", b"\x00garbage\xff" * 3)])
+    produce_records(settings, topics.health, "HealthSignal", signals("m-a", epoch=2))
+    produce_records(settings, topics.outcomes, "EpochOutcome", [outcome("m-a", 2)])
+    dead = deadletter.wait_for(lambda ms: len(ms) >= 1, timeout=60, alive=worker.alive)
+    letter = decode(dead[0].value()).value
+    assert letter["source_topic"] == topics.health
+    assert letter["error_kind"] == "bad_header" and "c301" in letter["reason"]
+    assert letter["value"] == b"\x00garbage\xff" * 3 and letter["offset"] >= 0
+    experience.wait_for(lambda ms: len([d for d in decisions_in(ms) if d["epoch"] == 2]) == 1, timeout=60,
+                        alive=worker.alive)
+    # Cooldown: m-a adapted layers.2 at epoch 1, so at epoch 2 that layer is not legal.
+    second = [d for d in decisions_in(experience.messages) if d["epoch"] == 2][0]
+    assert second["layer_name"] != "layers.2"
+
+    # Everything that went in is on the experience topic, plus the commands and decisions.
+    experience.wait_for(lambda ms: sum(header(m, TYPE_HEADER) == "AdaptationCommand" for m in ms) >= len(sent),
+                        timeout=30)
+    kinds = [header(m, TYPE_HEADER) for m in experience.messages]
+    assert kinds.count("ModelTopology") == 3
+    assert kinds.count("HealthSignal") == 3 * 4 + 4
+    assert kinds.count("EpochOutcome") == 4
+    assert worker.alive()
+    for collector in (experience, commands, deadletter):
+        collector.close()
