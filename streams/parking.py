@@ -25,11 +25,12 @@ class Parking(Generic[T]):
     def __len__(self) -> int:
         return self._count
 
-    def park(self, model_id: str, item: T, now: float | None = None) -> bool:
+    def park(self, model_id: str, item: T, now: float | None = None, deadline: float | None = None) -> bool:
         """Keep ``item`` until its model's topology arrives; False when parking is full."""
         if self._count >= self.capacity:
             return False
-        deadline = (time.monotonic() if now is None else now) + self.ttl_s
+        if deadline is None:
+            deadline = (time.monotonic() if now is None else now) + self.ttl_s
         self._by_model.setdefault(model_id, []).append((deadline, item))
         self._count += 1
         return True
@@ -37,11 +38,11 @@ class Parking(Generic[T]):
     def models(self) -> list[str]:
         return list(self._by_model)
 
-    def release(self, model_id: str) -> list[T]:
-        """Everything parked for ``model_id``, in arrival order."""
+    def release(self, model_id: str) -> list[tuple[float, T]]:
+        """Everything parked for ``model_id`` as (deadline, item), in arrival order."""
         items = self._by_model.pop(model_id, [])
         self._count -= len(items)
-        return [item for _, item in items]
+        return items
 
     def expired(self, now: float | None = None) -> list[T]:
         """Remove and return every item whose deadline has passed."""

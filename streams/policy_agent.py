@@ -17,7 +17,7 @@ from streams.faust_compat import as_current
 from streams.intake import Accepted, accept, from_faust_event
 from streams.outbox import Outbox
 from streams.resilience import process_safely
-from streams.telemetry import window_at
+from streams.telemetry import has_topology_for, window_at
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     """Archive or dead-letter each outcome; decide for every model whose epoch ended."""
     settings = ctx.settings
     topics = settings.topics
-    ended: list[tuple[dict, Any]] = []
+    ended: list[tuple[dict, Any, float | None]] = []
     for raw in messages:
         result = accept(raw, OUTCOMES, settings.max_message_bytes)
         if not isinstance(result, Accepted):
@@ -60,27 +60,28 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
             ctx.counters.command_outcomes += 1
         else:
             ctx.counters.epoch_outcomes += 1
-            ended.append((result.record, raw.event))
+            ended.append((result.record, raw.event, None))
     await decide_and_send(ctx, outbox, ended)
 
 
-async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any]]) -> None:
+async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any, float | None]]) -> None:
     """One batched policy call over every due model; outcomes of models without topology wait."""
     topics = ctx.settings.topics
     cfg = gate_config(ctx.settings)
     started = time.perf_counter()
     for model_id in ctx.parked_outcomes.models():
         if ctx.topologies.get(model_id):
-            ended = ctx.parked_outcomes.release(model_id) + ended
+            ended = [(record, event, deadline) for deadline, (record, event)
+                     in ctx.parked_outcomes.release(model_id)] + ended
     expired = ctx.parked_outcomes.expired()
     if expired:
         ctx.counters.skipped_no_topology += len(expired)
         log.warning("%d epoch outcomes expired without a topology; not decided", len(expired))
     due: dict[str, tuple[DueModel, Any]] = {}
-    for record, event in ended:
+    for record, event, deadline in ended:
         model_id = record["model_id"]
-        if not ctx.topologies.get(model_id):
-            if not ctx.parked_outcomes.park(model_id, (record, event)):
+        if not has_topology_for(ctx, record):
+            if not ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
                 ctx.counters.skipped_no_topology += 1
             continue
         item = _prepare(ctx, record, cfg, due.get(model_id))

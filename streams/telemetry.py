@@ -61,12 +61,15 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
             with as_current(raw.event):
                 ctx.topologies[model_id] = result.record
             ctx.counters.topologies += 1
-            for parked in ctx.parked_signals.release(model_id):
-                await _signal(ctx, outbox, parked, folds, event=raw.event)
-        elif not ctx.topologies.get(result.record["model_id"]):
+            for deadline, parked in ctx.parked_signals.release(model_id):
+                if has_topology_for(ctx, parked.record):
+                    await _signal(ctx, outbox, parked, folds, event=raw.event)
+                else:
+                    ctx.parked_signals.park(model_id, parked, deadline=deadline)
+        elif not has_topology_for(ctx, result.record):
             if not ctx.parked_signals.park(result.record["model_id"], result):
-                await _reject(ctx, outbox, Rejected(raw, "unknown_model", "no topology for model "
-                                                    f"{result.record['model_id']!r} (parking is full)"))
+                await _reject(ctx, outbox, Rejected(raw, "unknown_model", "no topology for run "
+                                                    f"{result.record['run_id']!r} (parking is full)"))
         else:
             await _signal(ctx, outbox, result, folds, event=raw.event)
     for model_id, (event, signals) in folds.items():
@@ -77,12 +80,18 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
         ctx.metrics.observe_counters(ctx.counters)
 
 
+def has_topology_for(ctx: WorkerContext, record: dict) -> bool:
+    """True when the model's latest topology belongs to the record's run (runs change layers)."""
+    topology = ctx.topologies.get(record["model_id"])
+    return bool(topology) and topology["run_id"] == record["run_id"]
+
+
 async def expire_parked(ctx: WorkerContext, outbox: Outbox) -> None:
     """Dead-letter signals whose model never published a topology."""
     for accepted in ctx.parked_signals.expired():
         model_id = accepted.record["model_id"]
         await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_model",
-                                            f"no topology for model {model_id!r} within "
+                                            f"no topology for model {model_id!r} run {accepted.record['run_id']!r} within "
                                             f"{ctx.parked_signals.ttl_s:.0f}s"))
 
 

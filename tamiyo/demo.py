@@ -45,6 +45,7 @@ class DemoOptions:
     bad_messages: int = 5
     summary_path: str | None = None
     drain_timeout_s: float = 30.0
+    worker_ready_timeout_s: float = 180.0
 
 
 class Tally(threading.Thread):
@@ -61,7 +62,7 @@ class Tally(threading.Thread):
         self.dead_letters = 0
         self.total = 0
         self.last_change = time.monotonic()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         consumer = make_consumer(self.settings)
@@ -72,7 +73,7 @@ class Tally(threading.Thread):
                 assignment.append(TopicPartition(topic, p, self.start_offsets.get(topic, {}).get(p, 0)))
         consumer.assign(assignment)
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 for message in consumer.consume(num_messages=2000, timeout=0.2):
                     if message.error() is None:
                         self._count(message)
@@ -100,7 +101,7 @@ class Tally(threading.Thread):
                 self.applied += 1
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -176,6 +177,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
                    TAMIYO_PARTITIONS=str(settings.partitions))
         worker = _spawn(["worker"], env, logs / "worker.log")
         processes.append(worker)
+        _wait_ready(worker, logs / "worker.log", options.worker_ready_timeout_s)
         hosts = [_spawn(["host", "--model-id", f"demo-host-{i}", "--epochs", str(options.host_epochs),
                          "--seed", str(i)], env, logs / f"host-{i}.log") for i in range(options.hosts)]
         processes += hosts
@@ -209,6 +211,20 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         Path(options.summary_path).parent.mkdir(parents=True, exist_ok=True)
         Path(options.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    """Wait for Faust's "Worker: Ready" (imports of torch + PyG take a while on a cold machine)."""
+    deadline = time.monotonic() + timeout
+    with tqdm(desc="worker starting", unit="s", leave=False) as bar:
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {worker.returncode}; see {log_path}")
+            if "[^Worker]: Ready" in log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+            bar.update(0.5)
+    raise TimeoutError(f"the worker was not ready after {timeout:.0f}s; see {log_path}")
 
 
 def _inject(settings: Settings, count: int) -> None:

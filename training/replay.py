@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from schemas import DecodeError, decode
 from streams.kafka.clients import make_consumer
-from streams.kafka.reader import partitions_of, read_topic
+from streams.kafka.reader import partitions_of, read_topic, watermarks
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def offsets_for_time(settings: Settings, topic: str, timestamp_ms: int | None, d
     consumer = make_consumer(settings)
     try:
         parts = partitions_of(consumer, topic)
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0) for p in parts}
+        marks = {p: watermarks(consumer, topic, p) for p in parts}
         if timestamp_ms is None:
             return {p: marks[p][0] if default == "beginning" else marks[p][1] for p in parts}
         found = consumer.offsets_for_times([TopicPartition(topic, p, timestamp_ms) for p in parts], timeout=10.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -40,4 +41,19 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             raise
     if created:
         log.info("created topics %s", created)
+        wait_for_leaders(admin, created, timeout)
     return created
+
+
+def wait_for_leaders(admin: AdminClient, names: list[str], timeout: float = 30.0) -> None:
+    """Block until every partition of ``names`` has a leader (new topics need a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout).topics
+        ready = all(name in metadata and metadata[name].error is None and metadata[name].partitions
+                    and all(p.leader >= 0 for p in metadata[name].partitions.values()) for name in names)
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {names} have no leader after {timeout}s")
+        time.sleep(0.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.kafka.clients import make_consumer
 from tamiyo.config import Settings
@@ -19,12 +19,25 @@ def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list
     return sorted(info.partitions)
 
 
+def watermarks(consumer: Consumer, topic: str, partition: int, attempts: int = 20) -> tuple[int, int]:
+    """(low, high) offsets of one partition, retrying while leadership settles."""
+    for attempt in range(attempts):
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """High watermark of every partition (where the next record will be written)."""
     consumer = make_consumer(settings)
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
-                for p in partitions_of(consumer, topic)}
+        return {p: watermarks(consumer, topic, p)[1] for p in partitions_of(consumer, topic)}
     finally:
         consumer.close()
 
@@ -44,7 +57,7 @@ def read_topic(
     try:
         parts = partitions_of(consumer, topic)
         if stop is None:
-            stop = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1] for p in parts}
+            stop = {p: watermarks(consumer, topic, p)[1] for p in parts}
         begin = {p: (start or {}).get(p, 0) for p in parts}
         open_parts = {p for p in parts if begin[p] < stop.get(p, 0)}
         if not open_parts:
