@@ -1,0 +1,66 @@
+"""CommandLedger: apply each AdaptationCommand's decision id at most once, in bounded memory."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+
+class CommandLedger:
+    """Decision ids already handled (applied or rejected).
+
+    Every id of the current run is remembered (a run sees few decisions); across runs only the last
+    ``capacity`` ids are kept, enough to catch redeliveries of recent commands after a run change.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.run_id: str | None = None
+        self._run: set[str] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, decision_id: object) -> bool:
+        return decision_id in self._run or decision_id in self._recent
+
+    def __len__(self) -> int:
+        return len(self._run | self._recent.keys())
+
+    def first_time(self, decision_id: str) -> bool:
+        """Record ``decision_id``; True if it was never seen before (the caller may apply it)."""
+        if decision_id in self:
+            if decision_id in self._recent:
+                self._recent.move_to_end(decision_id)
+            return False
+        self._run.add(decision_id)
+        self._recent[decision_id] = None
+        if len(self._recent) > self.capacity:
+            self._recent.popitem(last=False)
+        return True
+
+    def new_run(self, run_id: str) -> None:
+        """Start a new run: forget the old run's full set, keep the recent ids."""
+        self.run_id = run_id
+        self._run = set()
+
+
+class Rejected(Exception):
+    """A command a host will not apply; the message is the CommandOutcome reason."""
+
+
+def check_command(command: dict[str, Any], model_id: str, run_id: str, run_start_ms: int, epoch: int) -> None:
+    """Raise Rejected for commands that cannot belong to this run (real and simulated hosts).
+
+    ``epoch`` is the epoch being trained; a decision is made after an epoch ends, so a valid
+    command's epoch is below it. A command decided before the run started is for an earlier run.
+    """
+    if command.get("model_id") != model_id:
+        raise Rejected(f"command for model {command.get('model_id')!r} reached {model_id!r}")
+    action = command.get("action")
+    if action not in ("GERMINATE", "CULL"):
+        raise Rejected(f"action {action!r} is not a command (WAIT is never sent)")
+    if int(command.get("timestamp_ms") or 0) < run_start_ms:
+        raise Rejected(f"decided before run {run_id} started (a command for an earlier run)")
+    if not 0 <= int(command.get("epoch", -1)) < epoch:
+        raise Rejected(f"epoch {command.get('epoch')} has not ended in run {run_id} (now in epoch {epoch})")

@@ -1,0 +1,58 @@
+"""CommandLedger and the shared command checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from hosts.commands import CommandLedger, Rejected, check_command
+
+
+def test_each_decision_id_passes_once() -> None:
+    ledger = CommandLedger(capacity=8)
+    ledger.new_run("r1")
+    assert ledger.first_time("d1")
+    assert not ledger.first_time("d1")
+    assert "d1" in ledger and "d2" not in ledger
+
+
+def test_current_run_is_remembered_in_full_and_old_runs_are_bounded() -> None:
+    ledger = CommandLedger(capacity=3)
+    ledger.new_run("r1")
+    ids = [f"d{i}" for i in range(10)]
+    assert all(ledger.first_time(i) for i in ids)
+    assert all(i in ledger for i in ids)  # the whole current run, beyond capacity
+    ledger.new_run("r2")
+    assert [i in ledger for i in ids] == [False] * 7 + [True] * 3  # only the last 3 survive the run change
+    assert len(ledger) == 3
+    assert not ledger.first_time("d9")
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        CommandLedger(capacity=0)
+
+
+def command(**overrides) -> dict:
+    base = {"decision_id": "d", "model_id": "m", "epoch": 2, "timestamp_ms": 2_000, "action": "GERMINATE",
+            "layer_name": "layers.0", "seed_index": None, "kernel": "mlp_small", "policy_version": "p",
+            "probability": 1.0}
+    return base | overrides
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"model_id": "other"}, "reached"),
+        ({"action": "WAIT"}, "not a command"),
+        ({"timestamp_ms": 999}, "earlier run"),
+        ({"epoch": 3}, "has not ended"),
+        ({"epoch": -1}, "has not ended"),
+    ],
+)
+def test_check_command_rejects_commands_of_other_runs(overrides: dict, reason: str) -> None:
+    with pytest.raises(Rejected, match=reason):
+        check_command(command(**overrides), "m", "run-1", run_start_ms=1_000, epoch=3)
+
+
+def test_check_command_accepts_a_command_about_an_ended_epoch() -> None:
+    check_command(command(), "m", "run-1", run_start_ms=1_000, epoch=3)
