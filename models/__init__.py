@@ -1,0 +1,1 @@
+"""Policy, graph and host-model code: pure torch/numpy, no Kafka, Faust or MLflow."""
