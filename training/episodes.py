@@ -41,7 +41,12 @@ class GraphState:
     def from_decision(cls, record: dict[str, Any]) -> "GraphState":
         features = np.asarray(record["node_features"], dtype=np.float32).reshape(len(record["layer_names"]), -1)
         edges = np.asarray([record["edge_source"], record["edge_target"]], dtype=np.int64).reshape(2, -1)
+        # The logged distribution's support is the legal set as far as the record tells (with
+        # epsilon exploration it is exactly the legal set). WAIT is always legal, even when a
+        # deterministic policy gave it probability 0: the policy code refuses masks without it.
         legal = np.asarray(record["distribution"], dtype=np.float64) > 0.0
+        if legal.size:
+            legal[0] = True
         return cls(list(record["layer_names"]), features, edges, legal)
 
 
@@ -59,6 +64,7 @@ class Transition:
     epoch: int
     policy_version: str
     imputed: bool = False  # True when the reward is the default (outcome never arrived)
+    run_id: str = ""  # with model_id, the episode this decision belongs to
 
 
 @dataclass
@@ -137,6 +143,6 @@ def _episode_transitions(episode: Episode, cfg: RewardConfig, data_end_ms: int) 
             done=nxt is None and (episode.final_epoch is not None or dead),
             behaviour=np.asarray(decision["distribution"], dtype=np.float64),
             decision_id=decision["decision_id"], model_id=episode.model_id, epoch=decision["epoch"],
-            policy_version=decision["policy_version"], imputed=imputed,
+            policy_version=decision["policy_version"], imputed=imputed, run_id=episode.run_id,
         ))
     return result

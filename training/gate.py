@@ -25,7 +25,9 @@ class GateVerdict:
 def judge(challenger: OPEReport, champion: OPEReport, cfg: GateConfig) -> GateVerdict:
     """Promote when the challenger's lower bound beats the champion's estimate on the same data
     (plus ``margin``) and the challenger's effective sample size is at least the floor."""
-    name = cfg.estimator if cfg.estimator in challenger.estimates else "snips"
+    # Both sides must be judged by the same estimator; DR needs a fitted Q, so fall back to SNIPS
+    # when either report lacks the configured one.
+    name = cfg.estimator if cfg.estimator in challenger.estimates and cfg.estimator in champion.estimates else "snips"
     ours = challenger.estimates[name]
     theirs = champion.estimates[name]
     if challenger.effective_sample_size < cfg.min_effective_sample_size:

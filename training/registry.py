@@ -51,7 +51,12 @@ class PolicyRegistry:
     def register(self, policy_dir: Path, run_id: str | None, tags: dict[str, str] | None = None) -> str:
         """Log ``policy_dir`` as a LoggedModel (linked to ``run_id``) and register a new version."""
         mlflow = self._mlflow
-        model = mlflow.initialize_logged_model(name=self.name, source_run_id=run_id, model_type="tamiyo-gnn")
+        # Without an explicit experiment MLflow files the model under the *active* experiment (the
+        # Default one outside a run, whose artifact root is ./mlruns of the current directory), not
+        # under the experiment of ``run_id``.
+        experiment_id = self.client.get_run(run_id).info.experiment_id if run_id else None
+        model = mlflow.initialize_logged_model(name=self.name, source_run_id=run_id, model_type="tamiyo-gnn",
+                                               experiment_id=experiment_id)
         try:
             self.client.log_model_artifacts(model.model_id, str(policy_dir))
         except Exception:

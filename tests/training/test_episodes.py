@@ -1,0 +1,155 @@
+"""Episodes and the reward join: finished, dead and live runs, duplicates, and replay from Kafka."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from training.episodes import RewardConfig, group_episodes, transitions
+from training.replay import ExperienceRecord
+
+CFG = RewardConfig(horizon=2, parameter_cost=1e-4, default_reward=-0.05, dead_after_s=120.0)
+FEATURES = ["health_mean"]
+
+
+def decision(model: str, epoch: int, ts: int, action: int = 0, dist=(0.5, 0.25, 0.25), did: str | None = None) -> dict:
+    return {
+        "decision_id": did or f"{model}-d{epoch}", "model_id": model, "run_id": "run-1", "epoch": epoch,
+        "timestamp_ms": ts, "trigger": "epoch_end", "policy_version": "heuristic-v1",
+        "action": "WAIT" if action == 0 else "GERMINATE", "layer_name": None if action == 0 else "layers.0",
+        "seed_index": None if action == 0 else 0, "kernel": None if action == 0 else "mlp_small",
+        "action_index": action, "propensity": float(dist[action]), "distribution": list(dist),
+        "kernels": ["mlp_small", "mlp_wide"], "value_estimate": 0.0, "gate": "none", "feature_names": FEATURES,
+        "layer_names": ["layers.0"], "node_features": [[0.25 + epoch / 10]], "edge_source": [], "edge_target": [],
+    }
+
+
+def epoch_outcome(model: str, epoch: int, ts: int, val_loss: float, final: bool = False) -> dict:
+    return {"model_id": model, "run_id": "run-1", "epoch": epoch, "timestamp_ms": ts, "train_loss": val_loss,
+            "val_loss": val_loss, "train_accuracy": 0.5, "val_accuracy": 0.5, "parameter_count": 1000,
+            "final": final}
+
+
+def command_outcome(model: str, epoch: int, ts: int, status: str, delta: int) -> dict:
+    return {"decision_id": f"{model}-d{epoch}", "model_id": model, "run_id": "run-1", "epoch": epoch,
+            "timestamp_ms": ts, "status": status, "reason": "", "parameter_delta": delta}
+
+
+def scenario(t0: int) -> tuple[list[tuple[str, dict]], int]:
+    """Three runs, as (record name, value) in arrival order, and the data's end (ms).
+
+    done: epochs 0..4, final at 4; an APPLIED command at epoch 1 (+1000 parameters), a REJECTED one
+          at epoch 2; the decision at epoch 0 and the epoch-1 outcome arrive twice.
+    dead: epochs 0..2, nothing for 1000 s before the end of the data.
+    live: epochs 0..2, last record 10 s before the end of the data.
+    """
+    end = t0 + 1_000_000
+    out: list[tuple[str, dict]] = []
+    losses = [1.0, 0.9, 0.7, 0.6, 0.55]
+    for e, loss in enumerate(losses):
+        ts = t0 + e * 1000
+        out.append(("EpochOutcome", epoch_outcome("done", e, ts, loss, final=e == 4)))
+        out.append(("DecisionRecord", decision("done", e, ts + 1, action=1 if e in (1, 2) else 0)))
+    out.append(("CommandOutcome", command_outcome("done", 1, t0 + 1500, "APPLIED", 1000)))
+    out.append(("CommandOutcome", command_outcome("done", 2, t0 + 2500, "REJECTED", 0)))
+    out.append(("DecisionRecord", decision("done", 0, t0 + 1)))  # redelivered
+    out.append(("EpochOutcome", epoch_outcome("done", 1, t0 + 1000, 0.9)))  # redelivered
+    for model, start in (("dead", t0), ("live", end - 12_000)):
+        for e, loss in enumerate([2.0, 1.5, 1.2]):
+            ts = start + e * 1000
+            out.append(("EpochOutcome", epoch_outcome(model, e, ts, loss)))
+            out.append(("DecisionRecord", decision(model, e, ts + 1)))
+    return out, end
+
+
+def as_records(items: list[tuple[str, dict]]) -> list[ExperienceRecord]:
+    return [ExperienceRecord(name, value, 0, i, value["timestamp_ms"]) for i, (name, value) in enumerate(items)]
+
+
+def by_id(steps):
+    return {t.decision_id: t for t in steps}
+
+
+def test_the_reward_join_over_finished_dead_and_live_runs() -> None:
+    items, end = scenario(1_700_000_000_000)
+    episodes = group_episodes(as_records(items))
+    assert set(episodes) == {("done", "run-1"), ("dead", "run-1"), ("live", "run-1")}
+    done = episodes["done", "run-1"]
+    assert len(done.decisions) == 5 and len(done.epochs) == 5 and done.final_epoch == 4  # duplicates dropped
+    steps = by_id(transitions(episodes, CFG, end))
+
+    # finished run: r = val_loss[e] - val_loss[min(e + 2, 4)] - cost * applied parameters
+    assert steps["done-d0"].reward == pytest.approx(1.0 - 0.7)
+    assert steps["done-d1"].reward == pytest.approx(0.9 - 0.6 - 1e-4 * 1000)
+    assert steps["done-d2"].reward == pytest.approx(0.7 - 0.55)  # REJECTED: no parameter cost
+    assert steps["done-d3"].reward == pytest.approx(0.6 - 0.55)  # horizon cut at the final epoch
+    assert steps["done-d4"].reward == 0.0 and steps["done-d4"].done
+    assert not any(steps[f"done-d{e}"].imputed or steps[f"done-d{e}"].done for e in range(4))
+    assert steps["done-d1"].action == 1 and steps["done-d1"].propensity == 0.25
+    np.testing.assert_allclose(steps["done-d0"].next_state.node_features, [[0.35]], rtol=1e-6)
+
+    # the host died: outcomes that never came get the default reward, and the episode ends
+    assert steps["dead-d0"].reward == pytest.approx(2.0 - 1.2) and not steps["dead-d0"].imputed
+    for e in (1, 2):
+        assert steps[f"dead-d{e}"].reward == CFG.default_reward and steps[f"dead-d{e}"].imputed
+    assert steps["dead-d2"].done and steps["dead-d2"].next_state is None
+
+    # still running: only decisions whose horizon has passed are kept, and nothing is "done"
+    assert steps["live-d0"].reward == pytest.approx(2.0 - 1.2) and not steps["live-d0"].done
+    assert "live-d1" not in steps and "live-d2" not in steps
+    assert len(steps) == 5 + 3 + 1
+    assert {t.run_id for t in steps.values()} == {"run-1"}
+
+
+def test_a_live_run_becomes_dead_once_it_is_silent_long_enough() -> None:
+    items, end = scenario(1_700_000_000_000)
+    later = by_id(transitions(group_episodes(as_records(items)), CFG, end + 200_000))
+    assert later["live-d1"].imputed and later["live-d2"].done
+
+
+def test_wait_stays_legal_when_the_logged_policy_was_deterministic() -> None:
+    items = [("EpochOutcome", epoch_outcome("m", 0, 1, 1.0)), ("EpochOutcome", epoch_outcome("m", 1, 2, 0.8, True)),
+             ("DecisionRecord", decision("m", 0, 1, action=1, dist=(0.0, 1.0, 0.0)))]
+    (step,) = transitions(group_episodes(as_records(items)), RewardConfig(horizon=1), 10)
+    assert step.state.legal.tolist() == [True, True, False]
+    assert step.propensity == 1.0 and step.reward == pytest.approx(0.2)
+
+
+def test_records_of_other_types_are_ignored_and_outcomes_find_their_run() -> None:
+    items, end = scenario(1_700_000_000_000)
+    items = [("HealthSignal", {"model_id": "done", "run_id": "run-1", "timestamp_ms": 0})] + items[::-1]  # any order
+    steps = by_id(transitions(group_episodes(as_records(items)), CFG, end))
+    assert steps["done-d1"].reward == pytest.approx(0.9 - 0.6 - 1e-4 * 1000)
+    assert len(steps) == 9
+
+
+@pytest.mark.kafka
+def test_replay_rebuilds_the_same_episodes_from_the_experience_topic(topics_ready) -> None:
+    from schemas import encode
+    from streams.kafka.clients import make_producer
+    from training.replay import replay
+
+    settings = topics_ready
+    t0 = int(time.time() * 1000) - 60_000
+    items, end = scenario(t0)
+    producer = make_producer(settings)
+    for name, value in items:
+        producer.produce(settings.topics.experience, key=value["model_id"].encode(), value=encode(name, value),
+                         timestamp=value["timestamp_ms"])
+    producer.produce(settings.topics.experience, key=b"junk", value=b"not avro", timestamp=t0)
+    assert producer.flush(30) == 0
+
+    records, window = replay(settings, progress=False)
+    assert window.records == len(items) and window.undecodable == 1
+    replayed = by_id(transitions(group_episodes(records), CFG, end))
+    expected = by_id(transitions(group_episodes(as_records(items)), CFG, end))
+    assert replayed.keys() == expected.keys() and len(replayed) == 9
+    for key, t in expected.items():
+        assert replayed[key].reward == pytest.approx(t.reward) and replayed[key].imputed == t.imputed
+        assert replayed[key].action == t.action and replayed[key].done == t.done
+
+    # a time window: only the live run's records are at or after end - 12 s
+    late, _ = replay(settings, start_ms=end - 12_000, progress=False)
+    assert {r.value["model_id"] for r in late} == {"live"}
