@@ -38,7 +38,9 @@ class WorkerContext:
     counters: Counters = field(default_factory=Counters)
     parked_signals: Parking = field(default_factory=lambda: Parking(30.0, 100_000))
     parked_outcomes: Parking = field(default_factory=lambda: Parking(30.0, 100_000))
+    waiting_for_signals: Parking = field(default_factory=lambda: Parking(1.0, 100_000))
 
     def __post_init__(self) -> None:
         self.parked_signals = Parking(self.settings.park_seconds, self.settings.park_capacity)
         self.parked_outcomes = Parking(self.settings.park_seconds, self.settings.park_capacity)
+        self.waiting_for_signals = Parking(self.settings.signal_wait_seconds, self.settings.park_capacity)

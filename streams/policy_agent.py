@@ -28,9 +28,9 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
     settings = ctx.settings
     source = app.topic(settings.topics.outcomes, key_serializer="raw", value_serializer="raw")
 
-    @app.timer(interval=0.5)
+    @app.timer(interval=0.1)
     async def decide_parked() -> None:
-        if len(ctx.parked_outcomes):
+        if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
             outbox = Outbox(app.producer)
             await decide_and_send(ctx, outbox, [])
             await outbox.flush()
@@ -65,28 +65,54 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
 
 
 async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any, float | None]]) -> None:
-    """One batched policy call over every due model; outcomes of models without topology wait."""
-    topics = ctx.settings.topics
+    """One batched policy call over every due model.
+
+    An outcome waits (parked) while its model has no topology for its run, and for up to
+    TAMIYO_SIGNAL_WAIT_SECONDS while the telemetry agent has not yet folded that epoch's signals:
+    health and outcomes are separate topics, read by separate agents.
+    """
     cfg = gate_config(ctx.settings)
     started = time.perf_counter()
+    items = [(record, event, deadline, False) for record, event, deadline in ended]
     for model_id in ctx.parked_outcomes.models():
         if ctx.topologies.get(model_id):
-            ended = [(record, event, deadline) for deadline, (record, event)
-                     in ctx.parked_outcomes.release(model_id)] + ended
+            items = [(record, event, deadline, False) for deadline, (record, event)
+                     in ctx.parked_outcomes.release(model_id)] + items
+    now = time.monotonic()
+    for model_id in ctx.waiting_for_signals.models():
+        for deadline, (record, event) in ctx.waiting_for_signals.release(model_id):
+            if deadline <= now or _signals_arrived(ctx, record):
+                items.insert(0, (record, event, None, True))
+            else:
+                ctx.waiting_for_signals.park(model_id, (record, event), deadline=deadline)
     expired = ctx.parked_outcomes.expired()
     if expired:
         ctx.counters.skipped_no_topology += len(expired)
         log.warning("%d epoch outcomes expired without a topology; not decided", len(expired))
     due: dict[str, tuple[DueModel, Any]] = {}
-    for record, event, deadline in ended:
+    for record, event, deadline, waited in items:
         model_id = record["model_id"]
         if not has_topology_for(ctx, record):
             if not ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
                 ctx.counters.skipped_no_topology += 1
             continue
+        if not waited and not _signals_arrived(ctx, record) and ctx.waiting_for_signals.park(model_id, (record, event)):
+            continue
         item = _prepare(ctx, record, cfg, due.get(model_id))
         if item is not None:
             due[model_id] = (item, event)
+    await _send_decisions(ctx, outbox, due, cfg, started)
+
+
+def _signals_arrived(ctx: WorkerContext, outcome: dict) -> bool:
+    """True when the graph table already holds signals of the outcome's run and epoch."""
+    window = window_at(ctx, outcome["timestamp_ms"] / 1000.0)[outcome["model_id"]].value() or {}
+    return window.get("run_id") == outcome["run_id"] and window.get("epoch", -1) >= outcome["epoch"]
+
+
+async def _send_decisions(ctx: WorkerContext, outbox: Outbox, due: dict[str, tuple[DueModel, Any]],
+                          cfg: Any, started: float) -> None:
+    topics = ctx.settings.topics
     if not due:
         return
     serving = ctx.policy.serving

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    from training.cli import add_training_commands
+
+    add_training_commands(sub, _common, _settings)
     add("broker", cmd_broker, "run the embedded broker (TAMIYO_BROKER=auto|kafka|tansu) until Ctrl-C")
     add("topics", cmd_topics, "create the Tamiyo topics if missing")
     add("worker", cmd_worker, "run a Faust worker (same as: faust -A streams.app worker)")

@@ -131,6 +131,7 @@ class Settings:
     max_message_bytes: int = 1_000_000
     park_seconds: float = 30.0
     park_capacity: int = 100_000
+    signal_wait_seconds: float = 1.0
     dead_letter_value_bytes: int = 65_536
     mlflow_tracking_uri: str = ""
     registered_model: str = "tamiyo-policy"
@@ -161,6 +162,7 @@ class Settings:
             max_message_bytes=_env_int("TAMIYO_MAX_MESSAGE_BYTES", 1_000_000),
             park_seconds=_env_float("TAMIYO_PARK_SECONDS", 30.0),
             park_capacity=_env_int("TAMIYO_PARK_CAPACITY", 100_000),
+            signal_wait_seconds=_env_float("TAMIYO_SIGNAL_WAIT_SECONDS", 1.0),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
             registered_model=_env("TAMIYO_REGISTERED_MODEL", "tamiyo-policy"),
