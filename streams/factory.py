@@ -41,7 +41,9 @@ def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=fetch_bytes,
-        consumer_max_fetch_size=fetch_bytes * 4,
+        # Small per-partition fetches keep the low-volume topics (topology, outcomes) from queueing
+        # behind a large health backlog.
+        consumer_max_fetch_size=fetch_bytes,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         table_cleanup_interval=max(settings.window_seconds, 5.0),

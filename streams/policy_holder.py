@@ -39,8 +39,9 @@ class PolicyHolder:
 
 
 def initial_policy(kind: str, seed: int = 0) -> ServingPolicy:
-    """The policy a worker starts with before any champion exists: ``heuristic`` or ``untrained``."""
-    if kind == "heuristic":
+    """The policy a worker starts with: ``untrained``, else the heuristic (also for ``champion``,
+    until the registry's champion has been loaded and validated)."""
+    if kind in ("heuristic", "champion"):
         from models.heuristic import ThresholdHeuristic
 
         heuristic = ThresholdHeuristic()

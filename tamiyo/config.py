@@ -129,7 +129,7 @@ class Settings:
     policy_batch_max: int = 1024
     policy_batch_within_s: float = 0.005
     max_message_bytes: int = 1_000_000
-    park_seconds: float = 30.0
+    park_seconds: float = 120.0
     park_capacity: int = 100_000
     signal_wait_seconds: float = 1.0
     dead_letter_value_bytes: int = 65_536
@@ -160,7 +160,7 @@ class Settings:
             policy_batch_max=_env_int("TAMIYO_POLICY_BATCH_MAX", 1024),
             policy_batch_within_s=_env_float("TAMIYO_POLICY_BATCH_WITHIN_S", 0.005),
             max_message_bytes=_env_int("TAMIYO_MAX_MESSAGE_BYTES", 1_000_000),
-            park_seconds=_env_float("TAMIYO_PARK_SECONDS", 30.0),
+            park_seconds=_env_float("TAMIYO_PARK_SECONDS", 120.0),
             park_capacity=_env_int("TAMIYO_PARK_CAPACITY", 100_000),
             signal_wait_seconds=_env_float("TAMIYO_SIGNAL_WAIT_SECONDS", 1.0),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),

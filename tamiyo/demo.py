@@ -37,14 +37,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoOptions:
-    duration_s: float = 60.0
+    duration_s: float = 90.0
     hosts: int = 2
     host_epochs: int = 8
-    fleet_models: int = 50
-    fleet_epoch_interval_s: float = 1.0
+    fleet_models: int = 30
+    fleet_epoch_interval_s: float = 0.5
     bad_messages: int = 5
     summary_path: str | None = None
     drain_timeout_s: float = 30.0
+    learning: bool = True
+    epsilon: float = 0.3
+    train_epochs: int = 20
+    champion_poll_s: float = 2.0
+    swap_timeout_s: float = 60.0
     worker_ready_timeout_s: float = 180.0
 
 
@@ -59,6 +64,8 @@ class Tally(threading.Thread):
         self.applied = 0
         self.models: set[str] = set()
         self.policy_versions: Counter[str] = Counter()
+        self.last_policy_version = "none"
+        self.last_decision_ms = 0
         self.dead_letters = 0
         self.total = 0
         self.last_change = time.monotonic()
@@ -97,6 +104,9 @@ class Tally(threading.Thread):
                 self.models.add(record["model_id"])
             elif kind == "DecisionRecord":
                 self.policy_versions[record["policy_version"]] += 1
+                if record["timestamp_ms"] >= self.last_decision_ms:
+                    self.last_decision_ms = record["timestamp_ms"]
+                    self.last_policy_version = record["policy_version"]
             elif record["status"] == "APPLIED":
                 self.applied += 1
 
@@ -112,7 +122,7 @@ class Tally(threading.Thread):
             "commands_applied": self.applied,
             "experience_records": self.total,
             "dead_letters": self.dead_letters,
-            "policy_version": self.policy_versions.most_common(1)[0][0] if self.policy_versions else "none",
+            "policy_version": self.last_policy_version,
             "epoch_outcomes": self.types["EpochOutcome"],
             "command_outcomes": self.types["CommandOutcome"],
         }
@@ -140,10 +150,10 @@ def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
+def _stop(process: subprocess.Popen, timeout: float = 20.0, sig: int = signal.SIGTERM) -> None:
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -152,6 +162,7 @@ def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
+    """Run the demo; with ``options.learning`` the whole loop: collect, train, promote, hot-swap."""
     from tamiyo.broker import start_broker
 
     workdir = settings.data_dir / "demo"
@@ -167,32 +178,41 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
     tally = None
+    learning: dict[str, Any] = {}
     try:
         ensure_topics(settings)
         topics = settings.topics
-        tally = Tally(settings, {t: end_offsets(settings, t) for t in (topics.experience, topics.deadletter)})
+        start = {t: end_offsets(settings, t) for t in (topics.experience, topics.deadletter)}
+        tally = Tally(settings, start)
         tally.start()
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
                    TAMIYO_TOPIC_PREFIX=settings.topic_prefix, TAMIYO_DATA_DIR=str(settings.data_dir),
-                   TAMIYO_PARTITIONS=str(settings.partitions))
+                   TAMIYO_PARTITIONS=str(settings.partitions), TAMIYO_EPSILON=str(options.epsilon))
+        if options.learning:
+            env.update(TAMIYO_POLICY="champion", MLFLOW_TRACKING_URI=settings.tracking_uri,
+                       TAMIYO_CHAMPION_POLL_SECONDS=str(options.champion_poll_s))
         worker = _spawn(["worker"], env, logs / "worker.log")
         processes.append(worker)
         _wait_ready(worker, logs / "worker.log", options.worker_ready_timeout_s)
         hosts = [_spawn(["host", "--model-id", f"demo-host-{i}", "--epochs", str(options.host_epochs),
                          "--seed", str(i)], env, logs / f"host-{i}.log") for i in range(options.hosts)]
         processes += hosts
-        fleet = _spawn(["fleet", "--models", str(options.fleet_models), "--duration", str(options.duration_s),
+        fleet = _spawn(["fleet", "--models", str(options.fleet_models), "--duration", str(24 * 3600),
                         "--epoch-interval", str(options.fleet_epoch_interval_s), "--seed", str(settings.seed)],
                        env, logs / "fleet.log")
         processes.append(fleet)
         _inject(settings, options.bad_messages)
-        _progress(tally, options.duration_s, processes)
+        collect_s = options.duration_s / 2 if options.learning else options.duration_s
+        _progress(tally, collect_s, processes, "collect" if options.learning else "demo")
+        if options.learning:
+            learning = _learn_and_swap(settings, options, tally, processes)
+            _progress(tally, options.duration_s - collect_s, processes, "learned")
         for host in hosts:
             try:
                 host.wait(timeout=max(5.0, options.drain_timeout_s))
             except subprocess.TimeoutExpired:
                 _stop(host)
-        _stop(fleet, timeout=30)
+        _stop(fleet, timeout=30, sig=signal.SIGINT)
         _drain(tally, options.drain_timeout_s)
         if worker.poll() is not None:
             print(f"warning: the worker exited early with code {worker.returncode}; see {logs / 'worker.log'}")
@@ -202,15 +222,75 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         if tally is not None:
             tally.stop()
             tally.join(timeout=5)
+    try:
+        summary = tally.summary() if tally else {}
+        if options.learning and tally is not None:
+            summary |= learning | _rewards_by_phase(settings, start[settings.topics.experience], learning)
+    finally:
         if broker is not None:
             broker.stop()
-    summary = tally.summary() if tally else {}
     print(json.dumps(summary, indent=2))
     print(f"logs: {logs}")
     if options.summary_path:
         Path(options.summary_path).parent.mkdir(parents=True, exist_ok=True)
         Path(options.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _learn_and_swap(settings: Settings, options: DemoOptions, tally: Tally,
+                    processes: list[subprocess.Popen]) -> dict[str, Any]:
+    """Train on the replayed experience so far, let the gate judge, wait for the hot swap."""
+    from training.job import TrainConfig, train
+    from training.registry import PolicyRegistry
+
+    print("training a policy on the replayed experience topic ...")
+    config = TrainConfig(end_ms=int(time.time() * 1000), epochs=options.train_epochs, progress=True)
+    result = train(dataclasses.replace(settings, exploration_epsilon=0.0), config)
+    print(f"challenger v{result.version}: {'promoted' if result.promoted else 'not promoted'} ({result.reason})")
+    registry = PolicyRegistry(settings.tracking_uri, settings.registered_model)
+    champion = registry.champion()
+    swapped_to = None
+    if result.promoted:
+        wanted = registry.version_string(result.version)
+        deadline = time.monotonic() + options.swap_timeout_s
+        while time.monotonic() < deadline and wanted not in tally.policy_versions:
+            if processes[0].poll() is not None:
+                break
+            time.sleep(0.5)
+        swapped_to = wanted if wanted in tally.policy_versions else None
+        print(f"workers serving {wanted}" if swapped_to else f"warning: no decision from {wanted} yet")
+    versions = registry.client.search_model_versions(f"name='{settings.registered_model}'")
+    return {
+        "policy_versions_registered": len(versions),
+        "champion_version": champion.version if champion else "none",
+        "learned_policy_version": swapped_to or "none",
+        "gate_reason": result.reason,
+        "training_transitions": result.n_transitions,
+    }
+
+
+def _rewards_by_phase(settings: Settings, start: dict[int, int], learning: dict[str, Any]) -> dict[str, Any]:
+    """Mean decision reward (see training.episodes) before and after the swap, from the topic."""
+    from training.episodes import RewardConfig, group_episodes, transitions
+    from training.replay import replay
+
+    records, _ = replay(settings, start_offsets=start, progress=False)
+    decided = [r for r in records if r.name == "DecisionRecord"]
+    versions: list[str] = []
+    for record in sorted(decided, key=lambda r: r.value["timestamp_ms"]):
+        if not versions or versions[-1] != record.value["policy_version"]:
+            versions.append(record.value["policy_version"])
+    steps = transitions(group_episodes(records), RewardConfig(), max(r.timestamp_ms for r in records))
+    learned = learning.get("learned_policy_version", "none")
+    before = [t.reward for t in steps if t.policy_version != learned]
+    after = [t.reward for t in steps if t.policy_version == learned]
+    return {
+        "hot_swaps": max(0, len(versions) - 1),
+        "mean_reward_before": round(float(sum(before) / len(before)), 5) if before else None,
+        "mean_reward_after": round(float(sum(after) / len(after)), 5) if after else None,
+        "decisions_before": len(before),
+        "decisions_after": len(after),
+    }
 
 
 def _wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float) -> None:
@@ -236,9 +316,9 @@ def _inject(settings: Settings, count: int) -> None:
     producer.flush(10)
 
 
-def _progress(tally: Tally, duration_s: float, processes: list[subprocess.Popen]) -> None:
+def _progress(tally: Tally, duration_s: float, processes: list[subprocess.Popen], phase: str) -> None:
     started = time.monotonic()
-    with tqdm(total=int(duration_s), unit="s", desc="demo", dynamic_ncols=True) as bar:
+    with tqdm(total=int(duration_s), unit="s", desc=phase, dynamic_ncols=True) as bar:
         while (elapsed := time.monotonic() - started) < duration_s:
             time.sleep(1.0)
             bar.n = min(int(elapsed), int(duration_s))
