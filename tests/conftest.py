@@ -90,6 +90,8 @@ def settings(kafka_bootstrap: str, tmp_path) -> Settings:
         topic_prefix="t" + uuid.uuid4().hex[:8],
         data_dir=tmp_path,
         partitions=2,
+        # Explicit: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which would leak between tests.
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
     )
 
 

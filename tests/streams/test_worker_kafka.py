@@ -44,7 +44,8 @@ def decisions_in(messages: list) -> list[dict]:
 def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_worker) -> None:
     settings = topics_ready
     topics = settings.topics
-    worker = start_worker(TAMIYO_EPSILON="0.0")
+    # Generous signal wait: under CI load the outcome may be read well before its epoch's signals.
+    worker = start_worker(TAMIYO_EPSILON="0.0", TAMIYO_SIGNAL_WAIT_SECONDS="15")
     experience = TopicCollector(settings, topics.experience)
     commands = TopicCollector(settings, topics.commands)
     deadletter = TopicCollector(settings, topics.deadletter)
