@@ -8,19 +8,10 @@ import os
 import sys
 from typing import Callable
 
-from tamiyo.config import Settings
+from tamiyo.config import settings_from_args as _settings
 
 LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
               "info": logging.INFO, "debug": logging.DEBUG}
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
-    if getattr(args, "bootstrap", None):
-        overrides["bootstrap_servers"] = args.bootstrap
-    if getattr(args, "prefix", None):
-        overrides["topic_prefix"] = args.prefix
-    return Settings.from_env(**overrides)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -204,3 +204,13 @@ class Settings:
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def settings_from_args(args: object) -> Settings:
+    """Settings from the environment plus the common ``--bootstrap`` / ``--prefix`` flags."""
+    overrides: dict[str, object] = {}
+    if getattr(args, "bootstrap", None):
+        overrides["bootstrap_servers"] = getattr(args, "bootstrap")
+    if getattr(args, "prefix", None):
+        overrides["topic_prefix"] = getattr(args, "prefix")
+    return Settings.from_env(**overrides)

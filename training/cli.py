@@ -20,7 +20,7 @@ from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from tamiyo.config import Settings
+from tamiyo.config import Settings, settings_from_args
 
 #: TrainConfig fields whose flag name differs from the field name.
 _FLAG_NAMES = {"start_ms": "start", "end_ms": "end"}
@@ -193,16 +193,6 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from the environment plus the common --bootstrap/--prefix flags."""
-    overrides = {}
-    if getattr(args, "bootstrap", None):
-        overrides["bootstrap_servers"] = args.bootstrap
-    if getattr(args, "prefix", None):
-        overrides["topic_prefix"] = args.prefix
-    return Settings.from_env(**overrides)
-
-
 def add_training_commands(
     subparsers: argparse._SubParsersAction,
     common: Callable[[argparse.ArgumentParser], None] | None = None,
@@ -211,7 +201,7 @@ def add_training_commands(
     """Add ``train``, ``promote``, ``rollback`` and ``replay`` to ``subparsers``.
 
     ``common`` adds the shared flags (--bootstrap, --prefix) to each sub-parser; ``settings``
-    turns parsed args into Settings (default: :func:`settings_from_args`). Each sub-parser sets
+    turns parsed args into Settings (default: :func:`tamiyo.config.settings_from_args`). Each sub-parser sets
     ``func(args) -> int`` (exit code), like the other tamiyo commands. Returns the sub-parsers.
     """
     to_settings = settings or settings_from_args
