@@ -22,7 +22,7 @@ from tamiyo.config import Settings
 from training.episodes import RewardConfig, Transition, group_episodes, transitions
 from training.gate import GateConfig, GateVerdict, judge
 from training.ope import OPEReport
-from training.registry import PolicyRegistry, configure_client_env
+from training.registry import PolicyRegistry, configure_client_env, ensure_experiment
 
 # torch, torch_geometric and mlflow take seconds to import: the modules that need them are imported
 # inside the functions below, so that building the CLI parser (which reads TrainConfig) stays fast.
@@ -268,27 +268,6 @@ def ope_table(reports: dict[str, OPEReport], versions: dict[str, str | None] | N
     versions = versions or {}
     return [{"policy": policy, "version": versions.get(policy) or ""} | row
             for policy, report in reports.items() for row in report.as_rows()]
-
-
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """The experiment's id, created if missing. For a sqlite store its artifacts go next to the
-    database (``<db dir>/artifacts``): MLflow's default is ./mlruns of the current directory."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by another job
-        existing = client.get_experiment_by_name(name)
-        if existing is None:
-            raise
-        return existing.experiment_id
 
 
 def _load_champion(registry: PolicyRegistry, destination: Path) -> tuple[str | None, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+DEFAULT_EXPERIMENT = "tamiyo"
 CHAMPION = "champion"
 PREVIOUS = "previous"
 
@@ -54,7 +55,8 @@ class PolicyRegistry:
         # Without an explicit experiment MLflow files the model under the *active* experiment (the
         # Default one outside a run, whose artifact root is ./mlruns of the current directory), not
         # under the experiment of ``run_id``.
-        experiment_id = self.client.get_run(run_id).info.experiment_id if run_id else None
+        experiment_id = (self.client.get_run(run_id).info.experiment_id if run_id
+                         else ensure_experiment(self.tracking_uri, DEFAULT_EXPERIMENT))
         model = mlflow.initialize_logged_model(name=self.name, source_run_id=run_id, model_type="tamiyo-gnn",
                                                experiment_id=experiment_id)
         try:
@@ -134,3 +136,24 @@ class PolicyRegistry:
 
     def version_string(self, version: str) -> str:
         return f"{self.name}/v{version}"
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """The experiment's id, created if missing. For a sqlite store its artifacts go next to the
+    database (``<db dir>/artifacts``): MLflow's default is ./mlruns of the current directory."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another job
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
