@@ -67,6 +67,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["commands_applied"] > 0 else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tamiyo.bench import run_bench
+
+    data = run_bench(args.out, args.only)
+    return 0 if data["metrics"] else 1
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from tamiyo.chaos import run_chaos
+
+    report = run_chaos(args.out, args.only)
+    return 0 if report.get("lost", 1) == 0 and report.get("duplicate_applies", 1) == 0 else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tamiyo.status import run_status
+
+    return run_status(_settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamiyo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per model to run")
     p.add_argument("--epoch-interval", type=float, default=1.0, help="seconds between a model's epochs")
     p.add_argument("--seed", type=int, default=0)
+    p = add("bench", cmd_bench, "run the benchmarks; writes results.json and results.md")
+    p.add_argument("--out", default="bench/results.json")
+    p.add_argument("--only", nargs="*", default=None, help="benchmark groups or metric names")
+    p = add("chaos", cmd_chaos, "run the reliability scenarios; writes a JSON report")
+    p.add_argument("--out", default="chaos/report.json")
+    p.add_argument("--only", nargs="*", default=None, help="scenario names")
+    add("status", cmd_status, "topics, consumer lag, the champion version and the latest decision per model")
     p = add("demo", cmd_demo, "run the whole system on embedded defaults and print a summary")
     p.add_argument("--duration", type=float, default=float(os.environ.get("TAMIYO_DEMO_SECONDS", 90)),
                    help="seconds of traffic (half collecting, half on the learned policy)")
