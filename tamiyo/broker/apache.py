@@ -240,7 +240,81 @@ log4j.logger.kafka.log=WARN
 """
 
 
-class EmbeddedKafka:
+class BrokerProcess:
+    """What every embedded broker shares: a child process on 127.0.0.1 with a log file.
+
+    Subclasses set ``kind``, ``STOP_TIMEOUT``, ``START_TIMEOUT`` and ``log_name`` and implement
+    ``start(timeout)``.
+    """
+
+    kind = ""
+    log_name = "broker.log"
+    STOP_TIMEOUT = 30.0
+    START_TIMEOUT = 90.0
+
+    port: int
+    log_dir: Path
+    _proc: subprocess.Popen | None
+    _log_handle: Any
+
+    def start(self, timeout: float | None = None) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def bootstrap(self) -> str:
+        if not self.port:
+            raise BrokerError("the broker has not been started yet (no port chosen)")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / self.log_name
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Graceful shutdown (SIGTERM to the process group), SIGKILL after ``timeout`` seconds."""
+        code = None
+        if self._proc is not None:
+            code = _stop_process(self._proc, self.STOP_TIMEOUT if timeout is None else timeout)
+        self._cleanup()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, no shutdown."""
+        if self._proc is not None:
+            _kill_process(self._proc)
+        self._cleanup()
+
+    def restart(self, timeout: float | None = None, hard: bool = False) -> str:
+        """Stop (or kill, ``hard=True``) and start again on the same ports (and data, where kept)."""
+        self.kill() if hard else self.stop()
+        return self.start(self.START_TIMEOUT if timeout is None else timeout)
+
+    def __enter__(self) -> "BrokerProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _close_log(self) -> None:
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def _cleanup(self) -> None:
+        self._close_log()
+        _LIVE.discard(self)
+
+
+class EmbeddedKafka(BrokerProcess):
     """One Apache Kafka KRaft node (broker + controller) on 127.0.0.1, as a child JVM.
 
     ``data_dir`` holds ``server.properties``, the log4j config, the KRaft storage (``kraft-logs/``) and, unless
@@ -249,6 +323,9 @@ class EmbeddedKafka:
     """
 
     kind = "kafka"
+    log_name = "broker.log"
+    STOP_TIMEOUT = 30.0
+    START_TIMEOUT = 90.0
 
     def __init__(
         self,
@@ -271,24 +348,6 @@ class EmbeddedKafka:
         self._log_handle = None
 
     # ---- public API
-
-    @property
-    def bootstrap(self) -> str:
-        if not self.port:
-            raise BrokerError("the broker has not been started yet (no port chosen)")
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def log_file(self) -> Path:
-        return self.log_dir / "broker.log"
 
     @property
     def storage_dir(self) -> Path:
@@ -327,32 +386,6 @@ class EmbeddedKafka:
                      time.monotonic() - t0, self.pid)
             return self.bootstrap
         raise AssertionError("unreachable")
-
-    def stop(self, timeout: float = 30) -> int | None:
-        """Graceful shutdown (SIGTERM to the process group), SIGKILL after ``timeout`` seconds."""
-        code = None
-        if self._proc is not None:
-            code = _stop_process(self._proc, timeout)
-        self._cleanup()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL, no shutdown: the next start runs log recovery on the same data dir."""
-        if self._proc is not None:
-            _kill_process(self._proc)
-        self._cleanup()
-
-    def restart(self, timeout: float = 90, hard: bool = False) -> str:
-        """Stop (or kill, ``hard=True``) and start again on the same data dir and ports."""
-        self.kill() if hard else self.stop()
-        return self.start(timeout)
-
-    def __enter__(self) -> "EmbeddedKafka":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
@@ -437,11 +470,3 @@ class EmbeddedKafka:
             start_new_session=True,  # own process group: Ctrl-C in a terminal does not reach the JVM directly
         )
 
-    def _close_log(self) -> None:
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-
-    def _cleanup(self) -> None:
-        self._close_log()
-        _LIVE.discard(self)

@@ -17,9 +17,8 @@ from pathlib import Path
 from tamiyo.broker.apache import (
     _LIVE,
     BrokerError,
+    BrokerProcess,
     BrokerUnavailable,
-    _kill_process,
-    _stop_process,
     free_port,
     wait_for_kafka,
 )
@@ -40,7 +39,7 @@ def tansu_binary() -> str:
         raise BrokerUnavailable(f"no usable Tansu binary: {exc}") from exc
 
 
-class TansuBroker:
+class TansuBroker(BrokerProcess):
     """A Tansu broker on 127.0.0.1 with memory-only storage: everything is lost on stop/kill/restart.
 
     Same interface as :class:`~tamiyo.broker.apache.EmbeddedKafka`. ``data_dir`` only holds ``tansu.log``
@@ -48,6 +47,9 @@ class TansuBroker:
     """
 
     kind = "tansu"
+    log_name = "tansu.log"
+    STOP_TIMEOUT = 10.0
+    START_TIMEOUT = 30.0
 
     def __init__(self, data_dir: Path | None = None, port: int = 0, log_dir: Path | None = None) -> None:
         self._tmp = None
@@ -59,24 +61,6 @@ class TansuBroker:
         self.port = port
         self._proc: subprocess.Popen | None = None
         self._log_handle = None
-
-    @property
-    def bootstrap(self) -> str:
-        if not self.port:
-            raise BrokerError("the broker has not been started yet (no port chosen)")
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def log_file(self) -> Path:
-        return self.log_dir / "tansu.log"
 
     def start(self, timeout: float = 30) -> str:
         if self.running:
@@ -115,37 +99,7 @@ class TansuBroker:
             return self.bootstrap
         raise AssertionError("unreachable")
 
-    def stop(self, timeout: float = 10) -> int | None:
-        code = _stop_process(self._proc, timeout) if self._proc is not None else None
-        self._cleanup()
-        return code
-
-    def kill(self) -> None:
-        if self._proc is not None:
-            _kill_process(self._proc)
-        self._cleanup()
-
-    def restart(self, timeout: float = 30, hard: bool = False) -> str:
-        """Same port, but an EMPTY broker: Tansu keeps nothing across restarts."""
-        self.kill() if hard else self.stop()
-        return self.start(timeout)
-
-    def __enter__(self) -> "TansuBroker":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
         return f"TansuBroker(port={self.port}, {state})"
 
-    def _close_log(self) -> None:
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-
-    def _cleanup(self) -> None:
-        self._close_log()
-        _LIVE.discard(self)
