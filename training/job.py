@@ -40,7 +40,8 @@ def _help(text: str, default: Any) -> Any:
 class TrainConfig:
     """Every knob of one training run (the CLI builds its flags from these fields and help texts)."""
 
-    learner: str = _help("offline learner: 'awr' (advantage-weighted regression) or 'bc' (behaviour cloning)", "awr")
+    learner: str = _help("offline learner: 'awr' (advantage-weighted regression), 'bc' (behaviour cloning) or "
+                         "'lcbq' (pessimistic fitted-Q policy extraction)", "awr")
     epochs: int = _help("policy passes over the training transitions", 30)
     lr: float = _help("Adam learning rate (policy, baseline and Q)", 1e-3)
     batch_size: int = _help("graphs per mini-batch", 64)
@@ -49,7 +50,10 @@ class TrainConfig:
     awr_beta: float = _help("AWR temperature on standardised advantages (smaller = greedier)", 0.5)
     awr_max_weight: float = _help("AWR cap on exp(A / beta)", 20.0)
     value_epochs: int = _help("AWR baseline V(s) epochs", 20)
-    q_epochs: int = _help("epochs of the fitted Q used by the DR estimator", 30)
+    lcbq_members: int = _help("lcbq: Q-networks in the bootstrap ensemble", 4)
+    lcbq_kappa: float = _help("lcbq: act on mean - kappa * sd of the members' advantages over WAIT", 1.0)
+    lcbq_temperature: float = _help("lcbq: policy = softmax(LCB advantage / temperature), reward units", 0.005)
+    q_epochs: int = _help("epochs of the fitted Q used by the DR estimator (lcbq brings its own critic)", 30)
     # reward join (training.episodes.RewardConfig)
     horizon: int = _help("reward = val_loss[e] - val_loss[e + horizon] - parameter_cost * parameter_delta", 3)
     parameter_cost: float = _help("reward cost per added parameter", 1e-5)
@@ -85,8 +89,11 @@ class TrainConfig:
             raise ValueError(f"gate_estimator must be one of {ESTIMATORS}, not {self.gate_estimator!r}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError("heldout_fraction must be in (0, 1)")
-        if min(self.epochs, self.batch_size, self.hidden_dim, self.q_epochs, self.bootstrap_samples) < 1:
-            raise ValueError("epochs, batch_size, hidden_dim, q_epochs and bootstrap_samples must be >= 1")
+        if min(self.epochs, self.batch_size, self.hidden_dim, self.q_epochs, self.bootstrap_samples,
+               self.lcbq_members) < 1:
+            raise ValueError("epochs, batch_size, hidden_dim, q_epochs, bootstrap_samples and lcbq_members must be >= 1")
+        if self.lcbq_temperature <= 0 or self.lcbq_kappa < 0:
+            raise ValueError("lcbq_temperature must be > 0 and lcbq_kappa >= 0")
 
     def reward_config(self) -> RewardConfig:
         return RewardConfig(self.horizon, self.parameter_cost, self.default_reward, self.dead_after_s)
@@ -99,7 +106,9 @@ class TrainConfig:
 
         return learners.make_config(self.learner, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                                     hidden_dim=self.hidden_dim, seed=self.seed, beta=self.awr_beta,
-                                    max_weight=self.awr_max_weight, value_epochs=self.value_epochs)
+                                    max_weight=self.awr_max_weight, value_epochs=self.value_epochs,
+                                    distill_epochs=self.epochs, members=self.lcbq_members, kappa=self.lcbq_kappa,
+                                    temperature=self.lcbq_temperature)
 
     def q_config(self) -> Any:
         from training.qfit import QConfig
@@ -172,7 +181,10 @@ def train_on_transitions(
         train_set, heldout = split_by_episode(data, cfg.heldout_fraction, cfg.seed)
         log.info("training %s on %d transitions, evaluating on %d held-out", cfg.learner, len(train_set), len(heldout))
         fitted = learners.fit(cfg.learner, train_set, cfg.learner_config(), progress=cfg.progress)
-        q_model, q_history = fit_q(train_set, cfg.q_config(), progress=cfg.progress)
+        if fitted.q_model is not None:  # the learner's own critic, fitted on the same training split
+            q_model, q_history = fitted.q_model, {}
+        else:
+            q_model, q_history = fit_q(train_set, cfg.q_config(), progress=cfg.progress)
 
     registry = PolicyRegistry(settings.tracking_uri, cfg.registered_model or settings.registered_model)
     with _torch_threads(cfg.torch_threads), _timed(seconds, "evaluate"), tempfile.TemporaryDirectory() as tmp:

@@ -28,15 +28,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ProofConfig:
-    collect_models: int = 150
+    # 300 models x 2 runs x 20 epochs = 12k decisions (~70 % for training): the lcbq critics need
+    # the exploration to cover healthy layers (adapting one is the costly mistake) and every kernel.
+    collect_models: int = 300
     collect_runs: int = 2
-    behaviour_epsilon: float = 0.3
+    behaviour_epsilon: float = 0.5
     eval_models: int = 100
     eval_runs: int = 1
     epochs_per_run: int = 20
     seed: int = 0
     eval_seed: int = 10_000  # fresh episodes: seeds never used for collection
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(progress=False, promote=True))
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(learner="lcbq", progress=False, promote=True))
 
 
 def _measure(policy: Any, version: str, cfg: ProofConfig, gate: GateConfig, reward: RewardConfig) -> dict[str, Any]:

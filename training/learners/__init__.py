@@ -1,6 +1,8 @@
 """Offline learners over logged transitions, one module each: ``bc`` (behaviour cloning, the
-baseline) and ``awr`` (advantage-weighted regression). Each has a config dataclass and
-``fit(data, cfg, progress) -> LearnerResult``; a new learner is one new file plus a line here.
+baseline), ``awr`` (advantage-weighted regression) and ``lcbq`` (pessimistic fitted-Q policy
+extraction: a bootstrap ensemble of critics, lower-confidence-bound advantages, distilled into one
+policy). Each has a config dataclass and ``fit(data, cfg, progress) -> LearnerResult``; a new
+learner is one new file plus a line here.
 """
 
 from __future__ import annotations
@@ -8,15 +10,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from training.dataset import TransitionDataset
-from training.learners import awr, bc
+from training.learners import awr, bc, lcbq
 from training.learners.awr import AWRConfig
 from training.learners.bc import BCConfig
+from training.learners.lcbq import LCBQConfig
 from training.learners.common import LearnerResult
 
 #: name -> (config class, fit function)
 LEARNERS: dict[str, tuple[type, Callable[..., LearnerResult]]] = {
     "bc": (BCConfig, bc.fit),
     "awr": (AWRConfig, awr.fit),
+    "lcbq": (LCBQConfig, lcbq.fit),
 }
 
 
@@ -39,4 +43,4 @@ def _learner(name: str) -> tuple[type, Callable[..., LearnerResult]]:
         raise ValueError(f"unknown learner {name!r}; choose one of {sorted(LEARNERS)}") from None
 
 
-__all__ = ["AWRConfig", "BCConfig", "LEARNERS", "LearnerResult", "fit", "make_config"]
+__all__ = ["AWRConfig", "BCConfig", "LCBQConfig", "LEARNERS", "LearnerResult", "fit", "make_config"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ class LearnerResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)  # one-off numbers, e.g. advantage scale
+    # A critic fitted on the same data (training.qfit.FittedQ), when the learner has one: the job
+    # then uses it for the doubly-robust estimate instead of fitting another.
+    q_model: Any = None
 
 
 def seed_everything(seed: int) -> np.random.Generator:
