@@ -31,6 +31,11 @@ class WorkerMetrics:
                 self.events.labels(kind).inc(delta)
                 self._seen[kind] = value
 
+    def observe_lag(self, lag_by_topic: dict[str, int]) -> None:
+        """Set the consumer-lag gauge (records not yet committed, summed over assigned partitions)."""
+        for topic, lag in lag_by_topic.items():
+            self.consumer_lag.labels(topic).set(lag)
+
     def observe_decisions(self, count: int, seconds: float, version: str) -> None:
         self.decision_batch_seconds.observe(seconds)
         self.policy_version.info({"version": version})

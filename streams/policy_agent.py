@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -27,18 +28,23 @@ OUTCOMES = frozenset({"EpochOutcome", "CommandOutcome"})
 def register(app: faust.App, ctx: WorkerContext) -> Any:
     settings = ctx.settings
     source = app.topic(settings.topics.outcomes, key_serializer="raw", value_serializer="raw")
+    # The timer and the agent both decide; a decision's gate state is written only after delivery, so
+    # two concurrent deciders would both read the old gate (same layer adapted in consecutive epochs).
+    deciding = asyncio.Lock()
 
     @app.timer(interval=0.1)
     async def decide_parked() -> None:
         if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
-            outbox = Outbox(app.producer)
-            await decide_and_send(ctx, outbox, [])
-            await outbox.flush()
+            async with deciding:
+                outbox = Outbox(app.producer)
+                await decide_and_send(ctx, outbox, [])
+                await outbox.flush()
 
     @app.agent(source, name="policy")
     async def policy(stream: Any) -> None:
         async for events in stream.take_events(settings.policy_batch_max, within=settings.policy_batch_within_s):
-            await process_safely(ctx, app.producer, process_batch, [from_faust_event(e) for e in events])
+            async with deciding:
+                await process_safely(ctx, app.producer, process_batch, [from_faust_event(e) for e in events])
 
     return policy
 
@@ -79,12 +85,14 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
             items = [(record, event, deadline, False) for deadline, (record, event)
                      in ctx.parked_outcomes.release(model_id)] + items
     now = time.monotonic()
+    waited_out = []  # in arrival order: of several epochs of one model, the newest is decided
     for model_id in ctx.waiting_for_signals.models():
         for deadline, (record, event) in ctx.waiting_for_signals.release(model_id):
             if deadline <= now or _signals_arrived(ctx, record):
-                items.insert(0, (record, event, None, True))
+                waited_out.append((record, event, None, True))
             else:
                 ctx.waiting_for_signals.park(model_id, (record, event), deadline=deadline)
+    items = waited_out + items
     expired = ctx.parked_outcomes.expired()
     if expired:
         ctx.counters.skipped_no_topology += len(expired)

@@ -25,11 +25,20 @@ def run_worker(settings: Settings) -> int:
     if settings.policy == "champion":
         poller = start_champion_poller(settings, ctx)
 
+    @app.timer(interval=5.0)
+    async def lag() -> None:
+        if ctx.metrics is not None:
+            ctx.metrics.observe_lag(await consumer_lag(app))
+
     @app.timer(interval=10.0)
     async def report() -> None:
         log.info("counters %s policy=%s", ctx.counters.as_dict(), ctx.policy.serving.version)
 
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # At log level warn or above Faust installs a terminal spinner that sets the root logger to
+    # DEBUG (so that every debug line turns the spinner): every aiokafka send then builds a log
+    # record. No spinner: the log level means what it says.
+    worker.spinner = None
     log.info("worker starting: policy %s, broker %s", ctx.policy.serving.version, settings.bootstrap_servers)
     try:
         worker.execute_from_commandline()
@@ -41,6 +50,32 @@ def run_worker(settings: Settings) -> int:
         log.info("worker stopped: counters %s", ctx.counters.as_dict())
         sys.stdout.flush()
     return 0
+
+
+async def consumer_lag(app: Any) -> dict[str, int]:
+    """Per input topic: high watermark minus committed offset, over this worker's partitions
+    (the fetch position where nothing was committed yet). Faust's internal topics are skipped."""
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})  # Faust keeps the last commit per partition
+    lag: dict[str, int] = {}
+    try:
+        assigned = consumer.assignment()
+    except Exception:  # not started / rebalancing
+        return lag
+    for tp in assigned:
+        if tp.topic.endswith("-changelog") or "__assignor" in tp.topic:  # Faust's internal topics
+            continue
+        try:
+            end = consumer.highwater(tp)
+            done = committed.get(tp)
+            if done is None:
+                done = await consumer.position(tp)
+        except Exception:
+            continue
+        if end is None or done is None:
+            continue
+        lag[tp.topic] = lag.get(tp.topic, 0) + max(int(end) - int(done), 0)
+    return lag
 
 
 def start_champion_poller(settings: Settings, ctx: Any) -> Any:

@@ -1,0 +1,224 @@
+"""Ingest throughput: raw broker consumption, one Tamiyo worker, a naive Faust agent, two workers.
+
+Data: HealthSignals of 1,000 simulated models (8–16 layers each; ``SignalSource``), produced as a
+backlog onto a fresh health topic after the models' topologies.
+
+* ``broker_consume_per_s``: aiokafka reading such a backlog, nothing else (the limit).
+* ``ingest_signals_per_s``: ``tamiyo worker`` processes (decode, validate, windowed graph table,
+  archive to experience). One worker process serves all runs; each run produces a fresh backlog
+  and measures the worker's own progress, the experience topic's end offsets, between 10 % and 90 %
+  of that backlog (so group join and the drain tail are outside the window).
+* ``naive_faust_per_s``: ``tamiyo.bench.naive_app`` (decode, one table write, one awaited
+  ``topic.send`` per event); its output topic's offsets over a fixed window per run.
+* ``scaleout_two_workers_per_s``: as ingest, with two worker processes in one consumer group.
+* ``faust_delivery_ceiling_per_s``: a Faust agent that only counts events (``take_events``), i.e.
+  what Faust's per-event delivery allows on this machine before any Tamiyo code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tamiyo.bench.env import BenchEnv, CommittedWatch, OffsetWatch, SignalSource, produce, steady_rate, watch_until
+from tamiyo.bench.harness import Results, Target, progress
+
+WORKER_ENV = {"TAMIYO_POLICY": "heuristic"}
+
+
+@dataclass
+class IngestConfig:
+    models: int = 1000
+    signals: int = 120_000  # per ingest run
+    naive_signals: int = 30_000  # backlog over all naive runs (each run gets a third)
+    naive_window_s: float = 8.0
+    ceiling_signals: int = 100_000
+    partitions: int = 4
+    runs: int = 3
+    timeout_s: float = 120.0
+
+
+_SOURCES: dict[int, SignalSource] = {}
+
+
+def source_for(models: int) -> SignalSource:
+    if models not in _SOURCES:
+        _SOURCES[models] = SignalSource(models)
+    return _SOURCES[models]
+
+
+# --------------------------------------------------------------------------- broker limit
+
+
+async def _consume_all(settings: Any, topic: str, total: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 * 1048576,
+                                fetch_max_bytes=16 * 1048576, **settings.security.aiokafka())
+    await consumer.start()
+    try:
+        seen = 0
+        started = None
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if started is None and batches:
+                started = time.perf_counter()
+            for records in batches.values():
+                seen += len(records)
+        return seen / max(time.perf_counter() - (started or time.perf_counter()), 1e-9)
+    finally:
+        await consumer.stop()
+
+
+def bench_broker_consume(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
+    src = source_for(cfg.models)
+    settings = env.settings(partitions=cfg.partitions)
+    signals = src.signals(cfg.signals)
+    produce(settings, settings.topics.health, signals)
+    values = []
+    for run in range(cfg.runs):
+        values.append(asyncio.run(_consume_all(settings, settings.topics.health, len(signals))))
+        progress(f"  broker consume run {run + 1}/{cfg.runs}: {values[-1]:,.0f} records/s")
+    results.add("broker_consume_per_s", values, "records/s", records=len(signals), partitions=cfg.partitions,
+                client="aiokafka getmany, no group",
+                value_bytes=round(sum(len(v) for _, v in signals[:1000]) / 1000, 1))
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str) -> list[float]:
+    """Signals/s of ``workers`` worker processes, one fresh backlog per run (see the module docstring)."""
+    src = source_for(cfg.models)
+    settings = env.settings(partitions=cfg.partitions)
+    produce(settings, settings.topics.topology, src.topologies)
+    watch = OffsetWatch(settings, settings.topics.experience)
+    procs = [env.start_worker(settings, name=f"{label}-{i}", **WORKER_ENV) for i in range(workers)]
+    rates = []
+    try:
+        archived = 0
+        expected = len(src.topologies)  # every valid message is archived, topologies included
+        for run in range(cfg.runs):
+            signals = src.signals(cfg.signals)
+            archived = watch.sample()
+            produce(settings, settings.topics.health, signals)
+            expected += len(signals)
+            watch.samples.clear()
+            samples = watch_until(watch, expected, cfg.timeout_s, alive=lambda: all(p.alive() for p in procs),
+                                  label=f"{label} archived")
+            if samples[-1][1] < archived + 0.9 * (expected - archived):
+                raise RuntimeError(f"{label}: {samples[-1][1] - archived:,} of {expected - archived:,} archived in "
+                                   f"{cfg.timeout_s:.0f}s; worker log:\n{procs[0].log_tail()}")
+            shifted = [(t, n - archived) for t, n in samples]
+            rates.append(steady_rate(shifted, expected - archived))
+            progress(f"  {label} run {run + 1}/{cfg.runs}: {rates[-1]:,.0f} signals/s")
+    finally:
+        watch.close()
+        for p in procs:
+            p.stop()
+    return rates
+
+
+def bench_ingest(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
+    values = worker_rates(env, cfg, 1, "ingest (1 worker)")
+    results.add("ingest_signals_per_s", values, "signals/s", Target(">=", 20_000), per_run=[round(v) for v in values],
+                signals_per_run=cfg.signals, models=cfg.models, partitions=cfg.partitions, workers=1,
+                measured="experience-topic end offsets, 10%..90% of each backlog")
+    _ratio(results)
+
+
+def bench_scaleout(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
+    values = worker_rates(env, cfg, 2, "ingest (2 workers)")
+    extra: dict[str, Any] = {}
+    one = results.metrics.get("ingest_signals_per_s")
+    if one:
+        extra["speedup_vs_one_worker"] = round(sorted(values)[len(values) // 2] / one["value"], 2)
+    results.add("scaleout_two_workers_per_s", values, "signals/s", partitions=cfg.partitions, workers=2,
+                cpus=os.cpu_count() or 0, **extra)
+
+
+# --------------------------------------------------------------------------- Faust baselines
+
+
+def _app_rates(env: BenchEnv, cfg: IngestConfig, module: str, backlog: int, watch_of: Any, label: str,
+               window_s: float | None, extra_env: dict[str, str] | None = None) -> list[float]:
+    """Runs of a Faust app module on fresh backlogs; ``watch_of(settings)`` samples its progress."""
+    src = source_for(cfg.models)
+    settings = env.settings(partitions=cfg.partitions)
+    watch = watch_of(settings)
+    proc = env.start_module(settings, module, label.split()[0], **(extra_env or {}))
+    rates = []
+    try:
+        expected = 0
+        for run in range(cfg.runs):
+            start = watch.sample()
+            produce(settings, settings.topics.health, src.signals(backlog))
+            expected += backlog
+            deadline = time.monotonic() + cfg.timeout_s
+            while watch.sample() < start + min(500, backlog // 10):  # first run: group join
+                if not proc.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"{label} made no progress:\n{proc.log_tail()}")
+                time.sleep(0.2)
+            watch.samples.clear()
+            samples = watch_until(watch, expected, window_s or cfg.timeout_s, alive=proc.alive, label=label)
+            if window_s is None:
+                shifted = [(t, n - start) for t, n in samples]
+                rates.append(steady_rate(shifted, backlog))
+            else:
+                rates.append(steady_rate(samples, expected, lo=0.0, hi=1.0))
+                # Let it drain before the next backlog, so runs do not overlap.
+                if run + 1 < cfg.runs:
+                    watch_until(watch, expected, cfg.timeout_s, alive=proc.alive)
+            progress(f"  {label} run {run + 1}/{cfg.runs}: {rates[-1]:,.0f} signals/s")
+    finally:
+        watch.close()
+        proc.stop()
+    return rates
+
+
+def bench_naive(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.kafka.clients import base_config
+    from tamiyo.bench.naive_app import out_topic
+
+    def sink_watch(settings: Any) -> OffsetWatch:
+        admin = AdminClient(base_config(settings))
+        for future in admin.create_topics([NewTopic(out_topic(settings), cfg.partitions, 1)]).values():
+            future.result(30)
+        return OffsetWatch(settings, out_topic(settings))
+
+    # Each run: a fresh backlog, measured over naive_window_s seconds, then drained.
+    values = _app_rates(env, cfg, "tamiyo.bench.naive_app", cfg.naive_signals // cfg.runs, sink_watch,
+                        "naive faust", window_s=cfg.naive_window_s)
+    results.add("naive_faust_per_s", values, "signals/s", partitions=cfg.partitions, per_run=[round(v) for v in values],
+                agent="decode + table write + awaited topic.send per event")
+    _ratio(results)
+
+
+def bench_ceiling(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
+    def committed(settings: Any) -> CommittedWatch:
+        return CommittedWatch(settings, f"{settings.topic_prefix}-count", settings.topics.health)
+
+    values = _app_rates(env, cfg, "tamiyo.bench.naive_app", cfg.ceiling_signals, committed,
+                        "faust ceiling", window_s=None, extra_env={"TAMIYO_BENCH_APP": "count"})
+    results.add("faust_delivery_ceiling_per_s", values, "events/s", partitions=cfg.partitions,
+                agent="take_events(4096, within=0.05) that does nothing",
+                measured="consumer-group committed offsets (every 0.5 s), 10%..90% of each backlog",
+                note="Faust's own per-event cost (fetch thread, conductor, queue, stream, acks) on this machine")
+
+
+def _ratio(results: Results) -> None:
+    """ingest / naive, per run (run i of one against run i of the other) once both are measured."""
+    ingest = results.metrics.get("ingest_signals_per_s")
+    naive = results.metrics.get("naive_faust_per_s")
+    if ingest is None or naive is None:
+        return
+    pairs = list(zip(ingest.get("per_run", []), naive.get("per_run", [])))
+    ratios = [a / b for a, b in pairs if b > 0] or [ingest["value"] / naive["value"]]
+    results.add("ingest_vs_naive_ratio", ratios, "x", Target(">=", 10),
+                note="ingest run i / naive run i")
