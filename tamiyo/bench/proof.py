@@ -3,6 +3,7 @@ on fresh simulated episodes, through the real training job (``training.proof``).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -15,10 +16,19 @@ POLICIES = ("learned", "behaviour", "heuristic", "never_adapt")
 def bench_proof(results: Results, seed: int = 0) -> None:
     from training.proof import ProofConfig, learning_proof
 
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI: restore it, or later benchmarks would
+    # write to this (deleted) temporary store.
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
     with tempfile.TemporaryDirectory(prefix="tamiyo-proof-") as tmp:
         settings = Settings.from_env(data_dir=Path(tmp), mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow/mlflow.db")
         progress("learning proof: collect behaviour data, train (lcbq), evaluate on fresh episodes")
-        out = learning_proof(settings, ProofConfig(seed=seed))
+        try:
+            out = learning_proof(settings, ProofConfig(seed=seed))
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
     targets = {"learned": Target(">=", 1.0, ref="return_heuristic")}
     for name in POLICIES:
         m = out["measured"][name]
