@@ -7,8 +7,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -28,29 +26,6 @@ from training.job import TrainConfig, ensure_experiment, train_on_transitions
 from training.registry import PolicyRegistry
 
 FAST = dict(epochs=8, value_epochs=5, q_epochs=8, bootstrap_samples=200, gate_min_ess=10.0, progress=False)
-
-
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow sqlite store, migrated once per session (~3 s); tests copy it (~0.05 s)."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    # The Default experiment's artifact root is fixed at migration as ./mlruns of the current
-    # directory: migrate from the template's folder so nothing can ever land in the repository.
-    cwd = os.getcwd()
-    os.chdir(path.parent)
-    try:
-        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    finally:
-        os.chdir(cwd)
-    return path
-
-
-@pytest.fixture
-def tracking_uri(migrated_db: Path, tmp_path: Path) -> str:
-    db = tmp_path / "mlflow" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copy(migrated_db, db)
-    return f"sqlite:///{db}"
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -20,31 +18,6 @@ from training.cli import cmd_promote, cmd_rollback
 from training.dataset import TransitionDataset, synthetic_transitions
 from training.job import ensure_experiment
 from training.registry import CHAMPION, PREVIOUS, PolicyRegistry
-
-
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow sqlite store, migrated once per session (~3 s); tests copy it (~0.05 s)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    # The Default experiment's artifact root is fixed at migration as ./mlruns of the current
-    # directory: migrate from the template's folder so nothing can ever land in the repository.
-    cwd = os.getcwd()
-    os.chdir(path.parent)
-    try:
-        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    finally:
-        os.chdir(cwd)
-    return path
-
-
-@pytest.fixture
-def tracking_uri(migrated_db: Path, tmp_path: Path) -> str:
-    db = tmp_path / "mlflow" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copy(migrated_db, db)
-    return f"sqlite:///{db}"
 
 
 @pytest.fixture
