@@ -7,6 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+from training.dataset import TransitionDataset, split_by_episode, synthetic_transitions
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,18 @@ def tracking_uri(migrated_db: Path, tmp_path: Path) -> str:
     db.parent.mkdir()
     shutil.copy(migrated_db, db)
     return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def one_thread():
+    """Learner tests run on one torch thread (deterministic and not slower on 2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def uniform_split():
+    data = TransitionDataset.from_transitions(synthetic_transitions(episodes=80, steps=10, seed=11))
+    return split_by_episode(data, 0.3, seed=0)

@@ -12,32 +12,16 @@ from models.policy import collate
 from training.dataset import (
     TransitionDataset,
     expert_actions,
-    split_by_episode,
-    synthetic_mean_rewards,
     synthetic_transitions,
 )
 from training.evaluation import action_probabilities, ope_of
+from tests.training.synthetic import true_value
 from training.learners import LCBQConfig, fit, make_config
 from training.learners.lcbq import episode_bootstrap, lcb_advantages
 from training.qfit import EpochBaseline, QConfig, fit_q, row_epochs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def uniform_split():
-    data = TransitionDataset.from_transitions(synthetic_transitions(episodes=80, steps=10, seed=11))
-    return split_by_episode(data, 0.3, seed=0)
-
-
-def true_value(probs: list[np.ndarray], data: TransitionDataset) -> float:
-    return float(np.mean([p @ r for p, r in zip(probs, synthetic_mean_rewards(data))]))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = LCBQConfig(epochs=12, distill_epochs=12, members=3, seed=0)

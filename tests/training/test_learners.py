@@ -17,27 +17,13 @@ from training.dataset import (
     synthetic_transitions,
 )
 from training.evaluation import action_probabilities, ope_of
+from tests.training.synthetic import true_value
 from training.learners import AWRConfig, BCConfig, fit, make_config
 from training.learners.awr import advantage_weights
 from training.qfit import QConfig, fit_q
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def uniform_split():
-    data = TransitionDataset.from_transitions(synthetic_transitions(episodes=80, steps=10, seed=11))
-    return split_by_episode(data, 0.3, seed=0)
-
-
-def true_value(probs: list[np.ndarray], data: TransitionDataset) -> float:
-    return float(np.mean([p @ r for p, r in zip(probs, synthetic_mean_rewards(data))]))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bc_reduces_its_loss_and_imitates_a_deterministic_logged_policy() -> None:
