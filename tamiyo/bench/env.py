@@ -67,6 +67,9 @@ class BenchEnv:
         prefix = "b" + uuid.uuid4().hex[:8]
         data_dir = self.workdir / prefix
         data_dir.mkdir(parents=True, exist_ok=True)
+        # Every topic set gets its own sqlite registry: never the caller's MLFLOW_TRACKING_URI (mlflow
+        # exports the last URI it was given into the environment of this process).
+        overrides.setdefault("mlflow_tracking_uri", f"sqlite:///{(data_dir / 'mlflow' / 'mlflow.db').resolve()}")
         settings = Settings.from_env(bootstrap_servers=self.bootstrap, topic_prefix=prefix, data_dir=data_dir,
                                      partitions=partitions, broker="auto", **overrides)
         if create:
@@ -238,11 +241,18 @@ class OffsetWatch:
         self.consumer = make_consumer(settings)
         self.parts = [TopicPartition(topic, p) for p in _partitions(self.consumer, topic)]
         self.samples: list[tuple[float, int]] = []
+        self.pids: list[int] = []  # processes whose CPU time is sampled along (see cpu_per_record)
+        self.cpu: list[float | None] = []
 
     def sample(self) -> int:
         total = sum(self.consumer.get_watermark_offsets(tp, timeout=10.0)[1] for tp in self.parts)
         self.samples.append((time.monotonic(), total))
+        self.cpu.append(_cpu_seconds(self.pids) if self.pids else None)
         return total
+
+    def reset(self) -> None:
+        self.samples.clear()
+        self.cpu.clear()
 
     def close(self) -> None:
         self.consumer.close()
@@ -259,11 +269,14 @@ class CommittedWatch(OffsetWatch):
         self.consumer = make_consumer(settings, group_id=group, **{"enable.auto.commit": False})
         self.parts = [TopicPartition(topic, p) for p in _partitions(self.consumer, topic)]
         self.samples = []
+        self.pids = []
+        self.cpu = []
 
     def sample(self) -> int:
         committed = self.consumer.committed(self.parts, timeout=10.0)
         total = sum(max(tp.offset, 0) for tp in committed)
         self.samples.append((time.monotonic(), total))
+        self.cpu.append(_cpu_seconds(self.pids) if self.pids else None)
         return total
 
 
@@ -280,6 +293,43 @@ def steady_rate(samples: list[tuple[float, int]], total: int, lo: float = 0.1, h
     if end[0] <= start[0] or end[1] <= start[1]:
         raise RuntimeError("not enough samples to measure a rate")
     return (end[1] - start[1]) / (end[0] - start[0])
+
+
+def _window(samples: list[tuple[float, int]], total: int, lo: float, hi: float) -> tuple[int, int]:
+    start = next((i for i, (_, n) in enumerate(samples) if n >= lo * total), None)
+    if start is None:
+        raise RuntimeError(f"no progress: {samples[-1][1] if samples else 0} of {total}")
+    end = next((i for i, (_, n) in enumerate(samples) if n >= hi * total), len(samples) - 1)
+    return start, end
+
+
+def cpu_per_record(watch: OffsetWatch, total: int, lo: float = 0.1, hi: float = 0.9,
+                   offset: int = 0) -> float | None:
+    """CPU microseconds the watched processes spent per record in the same window as steady_rate
+    (independent of how busy the rest of the machine is, unlike the rate)."""
+    shifted = [(t, n - offset) for t, n in watch.samples]
+    try:
+        i, j = _window(shifted, total, lo, hi)
+    except RuntimeError:
+        return None
+    a, b = watch.cpu[i], watch.cpu[j]
+    records = shifted[j][1] - shifted[i][1]
+    if a is None or b is None or records <= 0:
+        return None
+    return (b - a) / records * 1e6
+
+
+def _cpu_seconds(pids: list[int]) -> float | None:
+    try:
+        import psutil
+
+        total = 0.0
+        for pid in pids:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        return total
+    except Exception:
+        return None
 
 
 def watch_until(watch: OffsetWatch, total: int, timeout: float, alive: Callable[[], bool] = lambda: True,

@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tamiyo.bench.env import BenchEnv, CommittedWatch, OffsetWatch, SignalSource, produce, steady_rate, watch_until
+from tamiyo.bench.env import (BenchEnv, CommittedWatch, OffsetWatch, SignalSource, cpu_per_record, produce,
+                              steady_rate, watch_until)
 from tamiyo.bench.harness import Results, Target, progress
 
 WORKER_ENV = {"TAMIYO_POLICY": "heuristic"}
@@ -91,13 +92,17 @@ def bench_broker_consume(env: BenchEnv, results: Results, cfg: IngestConfig) -> 
 # --------------------------------------------------------------------------- workers
 
 
-def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str) -> list[float]:
-    """Signals/s of ``workers`` worker processes, one fresh backlog per run (see the module docstring)."""
+def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str,
+                 cpu_us: list[float] | None = None) -> list[float]:
+    """Signals/s of ``workers`` worker processes, one fresh backlog per run (see the module docstring).
+    ``cpu_us`` receives the workers' CPU microseconds per signal of each run."""
+    cpu_us = cpu_us if cpu_us is not None else []
     src = source_for(cfg.models)
     settings = env.settings(partitions=cfg.partitions)
     produce(settings, settings.topics.topology, src.topologies)
     watch = OffsetWatch(settings, settings.topics.experience)
     procs = [env.start_worker(settings, name=f"{label}-{i}", **WORKER_ENV) for i in range(workers)]
+    watch.pids = [p.process.pid for p in procs]
     rates = []
     try:
         archived = 0
@@ -107,7 +112,7 @@ def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str) -> 
             archived = watch.sample()
             produce(settings, settings.topics.health, signals)
             expected += len(signals)
-            watch.samples.clear()
+            watch.reset()
             samples = watch_until(watch, expected, cfg.timeout_s, alive=lambda: all(p.alive() for p in procs),
                                   label=f"{label} archived")
             if samples[-1][1] < archived + 0.9 * (expected - archived):
@@ -115,7 +120,11 @@ def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str) -> 
                                    f"{cfg.timeout_s:.0f}s; worker log:\n{procs[0].log_tail()}")
             shifted = [(t, n - archived) for t, n in samples]
             rates.append(steady_rate(shifted, expected - archived))
-            progress(f"  {label} run {run + 1}/{cfg.runs}: {rates[-1]:,.0f} signals/s")
+            cpu = cpu_per_record(watch, expected - archived, offset=archived)
+            if cpu is not None:
+                cpu_us.append(cpu)
+            progress(f"  {label} run {run + 1}/{cfg.runs}: {rates[-1]:,.0f} signals/s"
+                     + (f", {cpu:.0f} worker CPU-us per signal" if cpu is not None else ""))
     finally:
         watch.close()
         for p in procs:
@@ -124,7 +133,11 @@ def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str) -> 
 
 
 def bench_ingest(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
-    values = worker_rates(env, cfg, 1, "ingest (1 worker)")
+    cpu: list[float] = []
+    values = worker_rates(env, cfg, 1, "ingest (1 worker)", cpu)
+    if cpu:
+        results.add("ingest_worker_cpu_us_per_signal", cpu, "CPU-us/signal",
+                    note="worker process CPU time per signal in the measured window (robust to other load)")
     results.add("ingest_signals_per_s", values, "signals/s", Target(">=", 20_000), per_run=[round(v) for v in values],
                 signals_per_run=cfg.signals, models=cfg.models, partitions=cfg.partitions, workers=1,
                 measured="experience-topic end offsets, 10%..90% of each backlog")
@@ -163,7 +176,7 @@ def _app_rates(env: BenchEnv, cfg: IngestConfig, module: str, backlog: int, watc
                 if not proc.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"{label} made no progress:\n{proc.log_tail()}")
                 time.sleep(0.2)
-            watch.samples.clear()
+            watch.reset()
             samples = watch_until(watch, expected, window_s or cfg.timeout_s, alive=proc.alive, label=label)
             if window_s is None:
                 shifted = [(t, n - start) for t, n in samples]

@@ -19,6 +19,7 @@ default 3 s) and up to one fleet epoch for the next decision.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -84,6 +85,18 @@ def bench_learning(env: BenchEnv, results: Results, cfg: LearningConfig) -> None
     from training.registry import PolicyRegistry, configure_client_env
 
     configure_client_env()
+    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        _bench_learning(env, results, cfg, train, TrainConfig, PolicyRegistry)
+    finally:  # mlflow.set_tracking_uri() exported this bench's store into the environment
+        if saved_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+
+
+def _bench_learning(env: BenchEnv, results: Results, cfg: LearningConfig, train: Any, TrainConfig: Any,
+                    PolicyRegistry: Any) -> None:
     settings = env.settings(partitions=4)
     worker = env.start_worker(settings, name="learning-worker", TAMIYO_POLICY="champion",
                               TAMIYO_EPSILON=str(cfg.epsilon), MLFLOW_TRACKING_URI=settings.tracking_uri)

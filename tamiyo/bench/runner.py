@@ -22,7 +22,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "policy_single": ("policy_single_p50_ms", "policy_single_p99_ms"),
     "policy_batched": ("policy_batched_graphs_per_s", "pyg_batch_baseline_graphs_per_s", "policy_batched_vs_pyg_ratio"),
     "broker": ("broker_consume_per_s",),
-    "ingest": ("ingest_signals_per_s",),
+    "ingest": ("ingest_signals_per_s", "ingest_worker_cpu_us_per_signal"),
     "naive": ("naive_faust_per_s", "ingest_vs_naive_ratio"),
     "ceiling": ("faust_delivery_ceiling_per_s",),
     "decision": ("decision_latency_p50_ms", "decision_latency_p99_ms", "decision_latency_p50_ms_100",
