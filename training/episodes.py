@@ -78,6 +78,10 @@ class Episode:
     last_seen_ms: int = 0
 
 
+# The record types an episode is built from; replay can skip the rest (mostly HealthSignals) undecoded.
+EPISODE_TYPES = frozenset({"DecisionRecord", "EpochOutcome", "CommandOutcome"})
+
+
 def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Episode]:
     """Group by (model_id, run_id); duplicates from at-least-once delivery are dropped by id/epoch."""
     episodes: dict[tuple[str, str], Episode] = {}
@@ -85,7 +89,7 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
     pending_outcomes: list[ExperienceRecord] = []
     for rec in records:
         value = rec.value
-        if rec.name not in ("DecisionRecord", "EpochOutcome", "CommandOutcome"):
+        if rec.name not in EPISODE_TYPES:
             continue
         key = (value["model_id"], value["run_id"])
         episode = episodes.setdefault(key, Episode(*key))

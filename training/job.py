@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tamiyo.config import Settings
-from training.episodes import RewardConfig, Transition, group_episodes, transitions
+from training.episodes import EPISODE_TYPES, RewardConfig, Transition, group_episodes, transitions
 from training.gate import GateConfig, GateVerdict, judge
 from training.ope import OPEReport
 from training.registry import PolicyRegistry, configure_client_env, ensure_experiment
@@ -141,16 +141,18 @@ class TrainResult:
 
 def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     """Replay the experience topic in the configured window and run the whole job on it."""
-    from training.replay import replay
+    from training.replay import gc_paused, replay
 
     cfg.validate()
     t0 = time.perf_counter()
-    records, window = replay(settings, start_ms=cfg.start_ms, end_ms=cfg.end_ms, start_offsets=cfg.start_offsets,
-                             end_offsets=cfg.end_offsets, progress=cfg.progress)
-    episodes = group_episodes(records)
-    # "Dead" hosts are judged against the end of the data: the window's end, else now.
-    data_end_ms = cfg.end_ms if cfg.end_ms is not None else int(time.time() * 1000)
-    steps = transitions(episodes, cfg.reward_config(), data_end_ms)
+    with gc_paused():
+        records, window = replay(settings, start_ms=cfg.start_ms, end_ms=cfg.end_ms,
+                                 start_offsets=cfg.start_offsets, end_offsets=cfg.end_offsets, progress=cfg.progress,
+                                 types=EPISODE_TYPES)
+        episodes = group_episodes(records)
+        # "Dead" hosts are judged against the end of the data: the window's end, else now.
+        data_end_ms = cfg.end_ms if cfg.end_ms is not None else int(time.time() * 1000)
+        steps = transitions(episodes, cfg.reward_config(), data_end_ms)
     log.info("replayed %d records: %d episodes, %d transitions", len(records), len(episodes), len(steps))
     data_window = window.as_dict() | {"episodes": len(episodes), "transitions": len(steps),
                                       "data_end_ms": data_end_ms}
@@ -170,12 +172,14 @@ def train_on_transitions(
     from training.dataset import TransitionDataset, split_by_episode
     from training.evaluation import ope_of
     from training.qfit import fit_q
+    from training.replay import gc_paused
 
     cfg.validate()
     configure_client_env()
     seconds: dict[str, float] = {}
     with _torch_threads(cfg.torch_threads), _timed(seconds, "fit"):
-        data = TransitionDataset.from_transitions(steps)
+        with gc_paused():
+            data = TransitionDataset.from_transitions(steps)
         if len(data) == 0:
             raise ValueError(f"no usable transitions (of {len(steps)}; skipped: {data.skipped})")
         train_set, heldout = split_by_episode(data, cfg.heldout_fraction, cfg.seed)

@@ -53,6 +53,18 @@ def read_topic(
 
     Stops when every partition reached its stop offset, or after ``idle_timeout`` s with nothing new.
     """
+    for batch in read_batches(settings, topic, start, stop, idle_timeout):
+        yield from batch
+
+
+def read_batches(
+    settings: Settings,
+    topic: str,
+    start: dict[int, int] | None = None,
+    stop: dict[int, int] | None = None,
+    idle_timeout: float = 5.0,
+) -> Iterator[list[Message]]:
+    """``read_topic`` a fetched batch at a time (for bulk readers: no per-record generator step)."""
     consumer = make_consumer(settings)
     try:
         parts = partitions_of(consumer, topic)
@@ -65,12 +77,13 @@ def read_topic(
         consumer.assign([TopicPartition(topic, p, begin[p]) for p in sorted(open_parts)])
         last_progress = time.monotonic()
         while open_parts:
-            batch = consumer.consume(num_messages=5000, timeout=0.5)
+            batch = consumer.consume(num_messages=10_000, timeout=0.5)
             if not batch:
                 if time.monotonic() - last_progress > idle_timeout:
                     return
                 continue
             last_progress = time.monotonic()
+            kept = []
             for message in batch:
                 if message.error() is not None:
                     if message.error().code() == KafkaError._PARTITION_EOF:
@@ -82,9 +95,11 @@ def read_topic(
                 if message.offset() >= stop[partition]:
                     open_parts.discard(partition)
                     continue
-                yield message
+                kept.append(message)
                 if message.offset() + 1 >= stop[partition]:
                     open_parts.discard(partition)
+            if kept:
+                yield kept
     finally:
         consumer.close()
 

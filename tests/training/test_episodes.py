@@ -153,3 +153,37 @@ def test_replay_rebuilds_the_same_episodes_from_the_experience_topic(topics_read
     # a time window: only the live run's records are at or after end - 12 s
     late, _ = replay(settings, start_ms=end - 12_000, progress=False)
     assert {r.value["model_id"] for r in late} == {"live"}
+
+
+@pytest.mark.kafka
+def test_replay_by_type_skips_other_records_undecoded_and_keeps_the_episodes(topics_ready) -> None:
+    from schemas import encode
+    from streams.archive import TYPE_HEADER
+    from streams.kafka.clients import make_producer
+    from tests.samples import SAMPLES
+    from training.episodes import EPISODE_TYPES
+    from training.replay import replay
+
+    settings = topics_ready
+    t0 = int(time.time() * 1000) - 60_000
+    items, end = scenario(t0)
+    producer = make_producer(settings)
+    for name, value in items:
+        producer.produce(settings.topics.experience, key=value["model_id"].encode(), value=encode(name, value),
+                         timestamp=value["timestamp_ms"], headers=[(TYPE_HEADER, name.encode())])
+    signal = encode("HealthSignal", SAMPLES["HealthSignal"])
+    for _ in range(5):  # type header says HealthSignal: skipped without decoding, even if it were garbage
+        producer.produce(settings.topics.experience, key=b"m", value=b"garbage", timestamp=t0,
+                         headers=[(TYPE_HEADER, b"HealthSignal")])
+    producer.produce(settings.topics.experience, key=b"m", value=signal, timestamp=t0)  # no header: decoded
+    assert producer.flush(30) == 0
+
+    records, window = replay(settings, progress=False, types=EPISODE_TYPES)
+    wanted = [(n, v) for n, v in items if n in EPISODE_TYPES]
+    assert {r.name for r in records} <= EPISODE_TYPES and window.records == len(records) == len(wanted)
+    assert window.skipped == len(items) - len(wanted) + 6 and window.undecodable == 0
+    assert window.as_dict()["skipped"] == window.skipped
+    replayed = by_id(transitions(group_episodes(records), CFG, end))
+    expected = by_id(transitions(group_episodes(as_records(items)), CFG, end))
+    assert {k: (t.reward, t.action) for k, t in replayed.items()} == {k: (t.reward, t.action)
+                                                                      for k, t in expected.items()}
