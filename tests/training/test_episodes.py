@@ -125,19 +125,27 @@ def test_records_of_other_types_are_ignored_and_outcomes_find_their_run() -> Non
     assert len(steps) == 9
 
 
-@pytest.mark.kafka
-def test_replay_rebuilds_the_same_episodes_from_the_experience_topic(topics_ready) -> None:
+def produce_scenario(settings, typed: bool):  # type: ignore[no-untyped-def]
+    """The scenario's records on the experience topic (with the archive's type header when ``typed``)."""
     from schemas import encode
+    from streams.archive import TYPE_HEADER
     from streams.kafka.clients import make_producer
-    from training.replay import replay
 
-    settings = topics_ready
     t0 = int(time.time() * 1000) - 60_000
     items, end = scenario(t0)
     producer = make_producer(settings)
     for name, value in items:
         producer.produce(settings.topics.experience, key=value["model_id"].encode(), value=encode(name, value),
-                         timestamp=value["timestamp_ms"])
+                         timestamp=value["timestamp_ms"], headers=[(TYPE_HEADER, name.encode())] if typed else None)
+    return producer, items, t0, end
+
+
+@pytest.mark.kafka
+def test_replay_rebuilds_the_same_episodes_from_the_experience_topic(topics_ready) -> None:
+    from training.replay import replay
+
+    settings = topics_ready
+    producer, items, t0, end = produce_scenario(settings, typed=False)
     producer.produce(settings.topics.experience, key=b"junk", value=b"not avro", timestamp=t0)
     assert producer.flush(30) == 0
 
@@ -159,18 +167,12 @@ def test_replay_rebuilds_the_same_episodes_from_the_experience_topic(topics_read
 def test_replay_by_type_skips_other_records_undecoded_and_keeps_the_episodes(topics_ready) -> None:
     from schemas import encode
     from streams.archive import TYPE_HEADER
-    from streams.kafka.clients import make_producer
     from tests.samples import SAMPLES
     from training.episodes import EPISODE_TYPES
     from training.replay import replay
 
     settings = topics_ready
-    t0 = int(time.time() * 1000) - 60_000
-    items, end = scenario(t0)
-    producer = make_producer(settings)
-    for name, value in items:
-        producer.produce(settings.topics.experience, key=value["model_id"].encode(), value=encode(name, value),
-                         timestamp=value["timestamp_ms"], headers=[(TYPE_HEADER, name.encode())])
+    producer, items, t0, end = produce_scenario(settings, typed=True)
     signal = encode("HealthSignal", SAMPLES["HealthSignal"])
     for _ in range(5):  # type header says HealthSignal: skipped without decoding, even if it were garbage
         producer.produce(settings.topics.experience, key=b"m", value=b"garbage", timestamp=t0,
