@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ class WorkerContext:
     parked_signals: Parking = field(default_factory=lambda: Parking(30.0, 100_000))
     parked_outcomes: Parking = field(default_factory=lambda: Parking(30.0, 100_000))
     waiting_for_signals: Parking = field(default_factory=lambda: Parking(1.0, 100_000))
+    # Set by the telemetry agent when it folded signals or stored a topology that parked or waiting
+    # outcomes may need: the policy agent's decider wakes at once instead of at its next poll.
+    wake_decider: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.parked_signals = Parking(self.settings.park_seconds, self.settings.park_capacity)

@@ -23,6 +23,7 @@ from streams.telemetry import has_topology_for, window_at
 log = logging.getLogger(__name__)
 
 OUTCOMES = frozenset({"EpochOutcome", "CommandOutcome"})
+POLL_S = 0.1  # the decider's fallback poll; it is normally woken by the telemetry agent
 
 
 def register(app: faust.App, ctx: WorkerContext) -> Any:
@@ -32,13 +33,21 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
     # two concurrent deciders would both read the old gate (same layer adapted in consecutive epochs).
     deciding = asyncio.Lock()
 
-    @app.timer(interval=0.1)
+    @app.task
     async def decide_parked() -> None:
-        if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
-            async with deciding:
-                outbox = Outbox(app.producer)
-                await decide_and_send(ctx, outbox, [])
-                await outbox.flush()
+        """Decide outcomes that waited for their signals or topology: woken by the telemetry agent
+        as soon as it folded some, and every POLL_S anyway (waits that time out, parking that expires)."""
+        while not app.should_stop:
+            try:
+                await asyncio.wait_for(ctx.wake_decider.wait(), timeout=POLL_S)
+            except asyncio.TimeoutError:
+                pass
+            ctx.wake_decider.clear()
+            if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
+                async with deciding:
+                    outbox = Outbox(app.producer)
+                    await decide_and_send(ctx, outbox, [])
+                    await outbox.flush()
 
     @app.agent(source, name="policy")
     async def policy(stream: Any) -> None:

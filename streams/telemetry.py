@@ -55,6 +55,7 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     # Topology first, so a model's signals in the same batch find it.
     messages = sorted(messages, key=lambda m: m.topic != topics.topology)
     folds: dict[str, tuple[Any, list[dict]]] = {}
+    topologies_before = ctx.counters.topologies
     resolved: list[Any] = []  # events of parked signals handled here: their commit hold ends after delivery
     for raw in messages:
         expected = TOPOLOGY if raw.topic == topics.topology else HEALTH
@@ -85,6 +86,8 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     for model_id, (event, signals) in folds.items():
         with as_current(event):
             _fold_signals(ctx, model_id, signals)
+    if (folds or ctx.counters.topologies != topologies_before) and (ctx.waiting_for_signals or ctx.parked_outcomes):
+        ctx.wake_decider.set()
     resolved += await expire_parked(ctx, outbox)
     if resolved:
         await outbox.flush()
