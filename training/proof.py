@@ -4,6 +4,8 @@ train through the real job (MLflow included), and compare policies on fresh epis
 Policies compared: the learned one, the behaviour policy that collected the data (heuristic with
 exploration), the design notes' threshold heuristic, and never adapting. Returns are
 ``first val loss - final val loss - parameter_cost * parameters added`` per episode (run).
+The same four are then run on the real host's network and digits data (``hosts.digits_model``,
+in-process, same decision code), with the policy learned from the simulated fleet.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,17 +40,43 @@ class ProofConfig:
     epochs_per_run: int = 20
     seed: int = 0
     eval_seed: int = 10_000  # fresh episodes: seeds never used for collection
+    # The same comparison on the real host's network and data (hosts.digits_model): every policy
+    # trains the same seeded networks, so the runs are paired. 0 models skips it.
+    real_models: int = 16
+    real_epochs_per_run: int = 12
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(learner="lcbq", progress=False, promote=True))
 
 
-def _measure(policy: Any, version: str, cfg: ProofConfig, gate: GateConfig, reward: RewardConfig) -> dict[str, Any]:
-    records, episodes = rollout(policy, version, cfg.eval_models, cfg.eval_runs, cfg.eval_seed, gate,
-                                epochs_per_run=cfg.epochs_per_run)
+def _measure(policy: Any, version: str, cfg: ProofConfig, gate: GateConfig, reward: RewardConfig,
+             real: bool = False) -> dict[str, Any]:
+    if real:
+        records, episodes = rollout(policy, version, cfg.real_models, 1, cfg.eval_seed, gate,
+                                    epochs_per_run=cfg.real_epochs_per_run, make_model=_digits_model)
+    else:
+        records, episodes = rollout(policy, version, cfg.eval_models, cfg.eval_runs, cfg.eval_seed, gate,
+                                    epochs_per_run=cfg.epochs_per_run)
     steps = transitions(group_episodes(records), reward, records[-1].timestamp_ms)
     summary = summarise_returns(episodes, reward, seed=cfg.seed).as_dict()
     summary["mean_decision_reward"] = float(np.mean([t.reward for t in steps]))
     return summary
+
+
+def _compare(learned: Any, cfg: ProofConfig, serving: GateConfig, behaviour_gate: GateConfig, reward: RewardConfig,
+             real: bool) -> dict[str, dict[str, Any]]:
+    heuristic = ThresholdHeuristic()
+    return {
+        "learned": _measure(learned, learned.version, cfg, serving, reward, real),
+        "behaviour": _measure(heuristic, "behaviour", cfg, behaviour_gate, reward, real),
+        "heuristic": _measure(heuristic, heuristic.version, cfg, serving, reward, real),
+        "never_adapt": _measure(NeverAdapt(), NeverAdapt.version, cfg, serving, reward, real),
+    }
+
+
+def _digits_model(seed: int, index: int, epochs_per_run: int, clock: Callable[[], float]) -> Any:
+    from hosts.digits_model import DigitsModel
+
+    return DigitsModel(f"digits-{seed}-{index:03d}", seed=seed + index, epochs_per_run=epochs_per_run, clock=clock)
 
 
 def learning_proof(settings: Settings, cfg: ProofConfig) -> dict[str, Any]:
@@ -71,16 +99,13 @@ def learning_proof(settings: Settings, cfg: ProofConfig) -> dict[str, Any]:
 
     learned = PolicyRegistry(settings.tracking_uri, cfg.train.registered_model or settings.registered_model)
     policy = learned.load(result.version)
-    measured = {
-        "learned": _measure(policy, policy.version, cfg, serving, reward),
-        "behaviour": _measure(heuristic, "behaviour", cfg, behaviour_gate, reward),
-        "heuristic": _measure(heuristic, heuristic.version, cfg, serving, reward),
-        "never_adapt": _measure(NeverAdapt(), NeverAdapt.version, cfg, serving, reward),
-    }
+    measured = _compare(policy, cfg, serving, behaviour_gate, reward, real=False)
+    measured_real = _compare(policy, cfg, serving, behaviour_gate, reward, real=True) if cfg.real_models else {}
     estimator = cfg.train.gate_estimator
     ope = result.ope["challenger"].estimates[estimator]
     return {
         "measured": measured,
+        "measured_real_hosts": measured_real,
         "ope_estimate_learned": {"value": ope.value, "ci_low": ope.low, "ci_high": ope.high, "estimator": estimator,
                                  "measured_mean_decision_reward": measured["learned"]["mean_decision_reward"]},
         "transitions": len(steps),

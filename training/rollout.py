@@ -10,7 +10,7 @@ experience topic would hold, so rewards come from the same join (``training.epis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -60,13 +60,21 @@ class _Clock:
         return self.ms / 1000.0
 
 
+ModelFactory = Callable[[int, int, int, Callable[[], float]], Any]  # (seed, index, epochs_per_run, clock)
+
+
+def simulated(seed: int, index: int, epochs_per_run: int, clock: Callable[[], float]) -> SimulatedModel:
+    return SimulatedModel(f"sim-{seed}-{index:04d}", np.random.default_rng([seed, index]),
+                          epochs_per_run=epochs_per_run, clock=clock)
+
+
 def rollout(policy: Any, version: str, models: int, runs: int, seed: int, gate: GateConfig,
-            epochs_per_run: int = 20, window_epochs: int = 10, progress: bool = False
-            ) -> tuple[list[ExperienceRecord], list[EpisodeResult]]:
-    """``runs`` complete runs of each of ``models`` simulated models under ``policy``."""
+            epochs_per_run: int = 20, window_epochs: int = 10, progress: bool = False,
+            make_model: ModelFactory = simulated) -> tuple[list[ExperienceRecord], list[EpisodeResult]]:
+    """``runs`` complete runs of each of ``models`` models (simulated unless ``make_model`` says
+    otherwise, e.g. ``hosts.digits_model.DigitsModel``) under ``policy``."""
     clock = _Clock()
-    sims = [SimulatedModel(f"sim-{seed}-{i:04d}", np.random.default_rng([seed, i]), epochs_per_run=epochs_per_run,
-                           clock=clock) for i in range(models)]
+    sims = [make_model(seed, i, epochs_per_run, clock) for i in range(models)]
     records: list[ExperienceRecord] = []
     episodes: dict[tuple[str, str], EpisodeResult] = {}
     state: dict[str, dict[str, Any]] = {s.model_id: {"windows": [], "gate": None, "topology": None, "runs": 0}

@@ -31,7 +31,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "scaleout": ("scaleout_two_workers_per_s",),
     "learning": ("learning_loop_latency_s",),
     "proof": ("return_learned", "return_behaviour", "return_heuristic", "return_never_adapt",
-              "ope_estimate_learned"),
+              "ope_estimate_learned", "return_learned_real_host", "return_behaviour_real_host",
+              "return_heuristic_real_host", "return_never_adapt_real_host"),
 }
 ALIASES = {"policy": ("policy_single", "policy_batched")}
 CPU_ONLY = ("policy_single", "policy_batched")
