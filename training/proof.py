@@ -59,6 +59,8 @@ def _measure(policy: Any, version: str, cfg: ProofConfig, gate: GateConfig, rewa
     steps = transitions(group_episodes(records), reward, records[-1].timestamp_ms)
     summary = summarise_returns(episodes, reward, seed=cfg.seed).as_dict()
     summary["mean_decision_reward"] = float(np.mean([t.reward for t in steps]))
+    summary["commands_applied_per_episode"] = sum(
+        r.name == "CommandOutcome" and r.value["status"] == "APPLIED" for r in records) / len(episodes)
     return summary
 
 

@@ -35,11 +35,13 @@ def bench_proof(results: Results, seed: int = 0) -> None:
         m = out["measured"][name]
         results.add(f"return_{name}", [m["value"]], "val-loss reduction per episode", targets.get(name),
                     ci_low=m["ci_low"], ci_high=m["ci_high"], episodes=m["episodes"],
-                    mean_decision_reward=m["mean_decision_reward"])
+                    mean_decision_reward=m["mean_decision_reward"],
+                    commands_applied_per_episode=m["commands_applied_per_episode"])
     for name, m in out["measured_real_hosts"].items():  # informative: no target (see training.proof)
         results.add(f"return_{name}_real_host", [m["value"]], "val-loss reduction per run", None,
                     ci_low=m["ci_low"], ci_high=m["ci_high"], episodes=m["episodes"],
                     mean_decision_reward=m["mean_decision_reward"],
+                    commands_applied_per_episode=m["commands_applied_per_episode"],
                     host="hosts.digits_model: the KasminaMLP + digits data of `tamiyo host`, in-process")
     ope = out["ope_estimate_learned"]
     results.add("ope_estimate_learned", [ope["value"]], "mean decision reward", None, ci_low=ope["ci_low"],

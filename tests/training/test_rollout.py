@@ -56,6 +56,8 @@ def test_learning_proof_end_to_end_on_a_small_fleet(tmp_path) -> None:
     assert set(out["measured_real_hosts"]) == set(out["measured"])
     for summary in out["measured_real_hosts"].values():
         assert summary["ci_low"] <= summary["value"] <= summary["ci_high"] and summary["episodes"] == 2
+    assert out["measured_real_hosts"]["never_adapt"]["commands_applied_per_episode"] == 0
+    assert out["measured"]["behaviour"]["commands_applied_per_episode"] > 0  # epsilon 0.5 explores
     assert out["transitions"] == 8 * 6 and out["version"] == "1" and out["gate_reason"]
     ope = out["ope_estimate_learned"]
     assert ope["ci_low"] <= ope["value"] <= ope["ci_high"]
