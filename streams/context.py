@@ -19,6 +19,7 @@ class Counters:
     epoch_outcomes: int = 0
     command_outcomes: int = 0
     decisions: int = 0
+    window_close_decisions: int = 0  # of ``decisions``, those made because a telemetry window closed
     commands_sent: int = 0
     dead_letters: int = 0
     archived: int = 0

@@ -19,14 +19,21 @@ from models.policy import collate
 DECISION_NAMESPACE = uuid.UUID("6f1c7e0e-6d1b-4d8e-9a53-7a6d2f0b8c11")
 
 
-def decision_id(model_id: str, run_id: str, epoch: int, trigger: str) -> str:
-    """Deterministic, so a re-processed epoch yields the same id (hosts apply each id once)."""
-    return str(uuid.uuid5(DECISION_NAMESPACE, f"{model_id}/{run_id}/{epoch}/{trigger}"))
+def decision_id(model_id: str, run_id: str, epoch: int) -> str:
+    """Deterministic, so a re-processed epoch yields the same id (hosts apply each id once).
+
+    One id per model, run and epoch whatever the trigger: if the EpochOutcome and the window-close
+    trigger both decide an epoch (a crash between delivery and the gate write, a rebalance), hosts
+    apply the first command and drop the second as a duplicate. The name keeps the ``epoch_end``
+    suffix of the first release, so epoch-end ids did not change.
+    """
+    return str(uuid.uuid5(DECISION_NAMESPACE, f"{model_id}/{run_id}/{epoch}/epoch_end"))
 
 
 @dataclass
 class DueModel:
-    """A model whose epoch ended, with everything the policy needs about it."""
+    """A model whose epoch ended, with everything the policy needs about it (``trigger``: ``epoch_end``
+    for an EpochOutcome, ``window_close`` for a closed telemetry window)."""
 
     outcome: dict[str, Any]
     graph: ModelGraph
@@ -61,13 +68,19 @@ def fresh_gate(gate: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
     return dict(gate)
 
 
+def last_decided_epoch(gate: dict[str, Any] | None, run_id: str) -> int:
+    """The newest epoch of ``run_id`` already decided (-1: none)."""
+    return gate["last_decided_epoch"] if gate and gate.get("run_id") == run_id else -1
+
+
 def prepare(outcome: dict[str, Any], topology: dict[str, Any], windows: list[dict[str, Any]],
             gate: dict[str, Any] | None, cfg: GateConfig, trigger: str = "epoch_end") -> DueModel | None:
-    """Build the graph and legal-action mask; None when this epoch was already decided."""
-    state = fresh_gate(gate, outcome["run_id"])
+    """Build the graph and legal-action mask; None when this epoch was already decided (by either
+    trigger: at most one decision per model and epoch, whichever trigger comes first)."""
     epoch = outcome["epoch"]
-    if state["last_decided_epoch"] >= epoch:
+    if last_decided_epoch(gate, outcome["run_id"]) >= epoch:
         return None
+    state = fresh_gate(gate, outcome["run_id"])
     aggregates: dict[str, dict] = {}
     for window in windows:
         if not window or window.get("run_id") != outcome["run_id"]:
@@ -97,7 +110,7 @@ def decide(due: list[DueModel], policy: Any, version: str, cfg: GateConfig) -> l
 
 def _one(item: DueModel, probs: np.ndarray, value: float, version: str, cfg: GateConfig, now_ms: int) -> Made:
     outcome, graph = item.outcome, item.graph
-    did = decision_id(outcome["model_id"], outcome["run_id"], outcome["epoch"], item.trigger)
+    did = decision_id(outcome["model_id"], outcome["run_id"], outcome["epoch"])
     final, gate_name = gate_distribution(probs, item.legal, cfg)
     # Seeded by the decision id: re-processing the same epoch with the same policy repeats the choice.
     rng = np.random.default_rng(uuid.UUID(did).int % (2**63))

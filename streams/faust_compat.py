@@ -3,13 +3,15 @@
 Faust picks a table's changelog partition from the *current event*. Inside ``take_events`` the
 current event is whichever message came last, so a batched write for model A could land in the
 changelog partition of model B and be recovered on the wrong worker. ``as_current`` makes the
-event that carried the model's own message current while its table entry is written.
+event that carried the model's own message current while its table entry is written. A write that
+no message caused (a timer's) uses a ``PartitionEvent`` of the model's partition instead.
 """
 
 from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from faust import streams as _faust_streams
@@ -25,6 +27,47 @@ def as_current(event: Any) -> Iterator[None]:
         yield
     finally:
         _faust_streams._current_event.reset(token)
+
+
+@dataclass(frozen=True)
+class _Origin:
+    topic: str
+    partition: int
+
+
+class PartitionEvent:
+    """Stands in for an event of ``topic``/``partition`` while a timer writes a table entry.
+
+    Faust's ``partition_for_key`` reads only ``event.message.topic`` (to check co-partitioning) and
+    ``event.message.partition``; without a current event a table write raises ``TypeError``.
+    A plain object because ``as_current`` keeps a weak reference (a ``SimpleNamespace`` cannot have one).
+    """
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Origin(topic, partition)
+
+
+def active_partitions(app: Any, topic: str) -> set[int]:
+    """The partitions of ``topic`` this worker actively consumes (standby replicas excluded)."""
+    try:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+    except Exception:  # not assigned yet / rebalancing
+        return set()
+
+
+def highwater_and_committed(consumer: Any, tp: Any) -> tuple[int | None, int]:
+    """The high watermark of ``tp`` as last fetched (None before any fetch) and the committed offset.
+
+    Committed, not the fetch position: the position runs ahead of what the agents have handled.
+    Faust keeps the last commit per partition, seeded from the group's commit on assignment (None,
+    nothing committed yet, counts as 0).
+    """
+    try:
+        end = consumer.highwater(tp)
+    except Exception:  # not assigned (any more)
+        end = None
+    committed = getattr(consumer, "_committed_offset", {}).get(tp)
+    return (None if end is None else int(end)), int(committed or 0)
 
 
 # Commit floors. A message can be acked to Faust (its batch is done) while its handling is still

@@ -1,4 +1,5 @@
-"""Policy agent: when a model's epoch ends, decide (batched across models), archive, command."""
+"""Policy agent: when a model's epoch ends or its telemetry window closes, decide (batched across
+models), archive, command."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import time
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
+from faust.types import TP
 
 from schemas import encode
+from streams import window_close
 from streams.archive import archive, provenance
 from streams.context import WorkerContext
 from streams.deadletter import send_dead_letter
-from streams.decisions import DueModel, decide, gate_config, prepare
-from streams.faust_compat import as_current
+from streams.decisions import DueModel, decide, gate_config, last_decided_epoch, prepare
+from streams.faust_compat import PartitionEvent, active_partitions, as_current, highwater_and_committed
 from streams.intake import Accepted, accept, from_faust_event
 from streams.outbox import Outbox
 from streams.resilience import process_safely
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 
 OUTCOMES = frozenset({"EpochOutcome", "CommandOutcome"})
 POLL_S = 0.1  # the decider's fallback poll; it is normally woken by the telemetry agent
+WINDOW_CLOSE_TICK_S = 0.5
 
 
 def register(app: faust.App, ctx: WorkerContext) -> Any:
@@ -48,6 +53,19 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
                     outbox = Outbox(app.producer)
                     await decide_and_send(ctx, outbox, [])
                     await outbox.flush()
+
+    if settings.window_close_trigger == "on":
+        scan = WindowCloseScan()
+
+        @app.timer(interval=WINDOW_CLOSE_TICK_S)
+        async def decide_closed_windows() -> None:
+            try:
+                async with deciding:
+                    await scan.tick(app, ctx, Outbox(app.producer))
+            except Exception:
+                # An exception escaping a Faust timer crashes the whole worker (measured: "App Crashed");
+                # nothing was gated, so a later tick tries again.
+                scan.failed()
 
     @app.agent(source, name="policy")
     async def policy(stream: Any) -> None:
@@ -156,7 +174,94 @@ async def _send_decisions(ctx: WorkerContext, outbox: Outbox, due: dict[str, tup
 def _prepare(ctx: WorkerContext, outcome: dict, cfg: Any, pending: tuple | None) -> DueModel | None:
     model_id = outcome["model_id"]
     gate = pending[0].gate if pending else ctx.gate_state.get(model_id)
-    now_s = outcome["timestamp_ms"] / 1000.0
-    windows = [window_at(ctx, now_s - ctx.settings.window_seconds)[model_id].value(),
-               window_at(ctx, now_s)[model_id].value()]
+    windows = _window_and_previous(ctx, model_id, outcome["timestamp_ms"] / 1000.0)
     return prepare(outcome, ctx.topologies[model_id], windows, gate, cfg)
+
+
+def _window_and_previous(ctx: WorkerContext, model_id: str, at_s: float) -> list[dict]:
+    """The model's window at ``at_s`` and the one before it: what a decision's graph is made of."""
+    return [window_at(ctx, at_s - ctx.settings.window_seconds)[model_id].value(),
+            window_at(ctx, at_s)[model_id].value()]
+
+
+class WindowCloseScan:
+    """The window-close trigger of one worker (see ``streams/window_close.py``).
+
+    The graphs table is scanned when a window boundary has passed (plus grace), when this worker's
+    partitions changed, or while models were put off; not on every tick, since a scan reads every
+    window of every model.
+    """
+
+    def __init__(self) -> None:
+        self.marks = window_close.OutcomeMarks()
+        self._scanned: tuple[float, frozenset[int]] | None = None
+        self._retry = False
+        self._error_logged_at = 0.0
+
+    async def tick(self, app: faust.App, ctx: WorkerContext, outbox: Outbox) -> int:
+        settings = ctx.settings
+        now = time.time()
+        closed = window_close.closed_until(now, settings.window_seconds, settings.window_close_grace_seconds)
+        owned = frozenset(active_partitions(app, settings.topics.outcomes))
+        if (closed, owned) == self._scanned and not self._retry:
+            return 0
+        made, put_off = await decide_on_window_close(app, ctx, outbox, now, owned, self.marks)
+        self._scanned, self._retry = (closed, owned), put_off > 0
+        return made
+
+    def failed(self) -> None:
+        if time.monotonic() - self._error_logged_at > 30:
+            self._error_logged_at = time.monotonic()
+            log.exception("window-close decisions failed; retrying every %.1fs", WINDOW_CLOSE_TICK_S)
+
+
+async def decide_on_window_close(app: faust.App, ctx: WorkerContext, outbox: Outbox, now: float,
+                                 owned: frozenset[int], marks: window_close.OutcomeMarks) -> tuple[int, int]:
+    """Decide every model of ``owned`` partitions whose window closed with its ended epoch undecided;
+    returns (decided, put off).
+
+    A model is put off while one of its outcomes waits (for a topology or its signals) or while its
+    partition has outcomes sent before the window closed that are not processed yet: those decide
+    their own epochs. Models of other partitions are left to their owner (this worker may still hold
+    their windows: standby replicas, or windows written before a rebalance moved them away).
+    """
+    settings = ctx.settings
+    topic = settings.topics.outcomes
+    started = time.perf_counter()
+    closed = window_close.closed_until(now, settings.window_seconds, settings.window_close_grace_seconds)
+    caught_up = {p for p in owned if marks.caught_up(p, closed, *highwater_and_committed(app.consumer, TP(topic, p)))}
+    waiting = set(ctx.parked_outcomes.models()) | set(ctx.waiting_for_signals.models())
+
+    def decided(model_id: str, run_id: str) -> int:
+        return last_decided_epoch(ctx.gate_state.get(model_id), run_id)
+
+    cfg = gate_config(settings)
+    due: dict[str, tuple[DueModel, Any]] = {}
+    put_off = 0
+    for outcome, start in window_close.due_on_close(ctx.graphs.table.data.items(), now, settings.window_seconds,
+                                                    settings.window_close_grace_seconds, decided):
+        model_id = outcome["model_id"]
+        partition = model_partition(model_id, settings.partitions)
+        if partition not in owned or not has_topology_for(ctx, outcome):
+            continue
+        if partition not in caught_up or model_id in waiting:
+            put_off += 1
+            continue
+        windows = _window_and_previous(ctx, model_id, start)
+        item = prepare(outcome, ctx.topologies[model_id], windows, ctx.gate_state.get(model_id), cfg,
+                       trigger=window_close.TRIGGER)
+        if item is not None:
+            # The gate write needs a current event of the model's own partition (its changelog partition).
+            due[model_id] = (item, PartitionEvent(topic, partition))
+    if due:
+        log.info("window closed without an EpochOutcome: deciding %s",
+                 ", ".join(f"{m} epoch {d.outcome['epoch']}" for m, (d, _) in list(due.items())[:5]) +
+                 (f" and {len(due) - 5} more" if len(due) > 5 else ""))
+        await _send_decisions(ctx, outbox, due, cfg, started)
+        ctx.counters.window_close_decisions += len(due)
+    return len(due), put_off
+
+
+def model_partition(model_id: str, partitions: int) -> int:
+    """The partition of a model's messages (Kafka's murmur2 partitioner, as every producer uses)."""
+    return (murmur2(model_id.encode()) & 0x7FFFFFFF) % partitions

@@ -149,8 +149,11 @@ async def _signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted,
 
 
 def window_at(ctx: WorkerContext, timestamp_s: float) -> Any:
-    """The graphs table seen at an event time (windows follow the hosts' timestamps)."""
-    return ctx.graphs.relative_to(timestamp_s)
+    """The graphs table seen at an event time (windows follow the hosts' timestamps).
+
+    Always a float: Faust's ``relative_to`` raises ``ImproperlyConfigured`` for an int.
+    """
+    return ctx.graphs.relative_to(float(timestamp_s))
 
 
 def _fold_signals(ctx: WorkerContext, model_id: str, signals: list[dict]) -> None:
@@ -159,10 +162,14 @@ def _fold_signals(ctx: WorkerContext, model_id: str, signals: list[dict]) -> Non
     state = dict(table[model_id].value() or {})
     layers = dict(state.get("layers", {}))
     last = signals[-1]
+    epoch = state.get("epoch", -1)
     if state.get("run_id") not in (None, last["run_id"]):
-        layers = {}  # a new run starts a fresh graph
+        layers, epoch = {}, -1  # a new run starts a fresh graph
     for signal in signals:
         if signal["run_id"] != last["run_id"]:
             continue
         layers[signal["layer_name"]] = update_layer_aggregate(layers.get(signal["layer_name"]), signal)
-    table[model_id] = {"run_id": last["run_id"], "epoch": max(s["epoch"] for s in signals), "layers": layers}
+        epoch = max(epoch, signal["epoch"])
+    # The newest epoch seen in this window, not just in this batch: the window-close trigger decides
+    # the epoch before it.
+    table[model_id] = {"run_id": last["run_id"], "epoch": epoch, "layers": layers}

@@ -132,6 +132,8 @@ class Settings:
     park_seconds: float = 120.0
     park_capacity: int = 100_000
     signal_wait_seconds: float = 1.0
+    window_close_trigger: str = "on"
+    window_close_grace_seconds: float = 2.0
     dead_letter_value_bytes: int = 65_536
     mlflow_tracking_uri: str = ""
     registered_model: str = "tamiyo-policy"
@@ -163,6 +165,8 @@ class Settings:
             park_seconds=_env_float("TAMIYO_PARK_SECONDS", 120.0),
             park_capacity=_env_int("TAMIYO_PARK_CAPACITY", 100_000),
             signal_wait_seconds=_env_float("TAMIYO_SIGNAL_WAIT_SECONDS", 1.0),
+            window_close_trigger=_env("TAMIYO_WINDOW_CLOSE_TRIGGER", "on"),
+            window_close_grace_seconds=_env_float("TAMIYO_WINDOW_CLOSE_GRACE_SECONDS", 2.0),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
             registered_model=_env("TAMIYO_REGISTERED_MODEL", "tamiyo-policy"),
@@ -191,6 +195,11 @@ class Settings:
             raise ValueError("TAMIYO_CONFIDENCE_THRESHOLD must be in [0, 1]")
         if self.window_seconds <= 0 or self.window_expires_seconds < self.window_seconds:
             raise ValueError("need 0 < TAMIYO_WINDOW_SECONDS <= TAMIYO_WINDOW_EXPIRES_SECONDS")
+        if self.window_close_trigger not in ("on", "off"):
+            raise ValueError(f"TAMIYO_WINDOW_CLOSE_TRIGGER must be on or off, not {self.window_close_trigger!r}")
+        if not 0 <= self.window_close_grace_seconds < self.window_expires_seconds:
+            raise ValueError("need 0 <= TAMIYO_WINDOW_CLOSE_GRACE_SECONDS < TAMIYO_WINDOW_EXPIRES_SECONDS "
+                             "(a window must still be kept when its close is acted on)")
         if self.partitions < 1:
             raise ValueError("TAMIYO_PARTITIONS must be >= 1")
 
