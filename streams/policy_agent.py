@@ -140,9 +140,23 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
 
 
 def _signals_arrived(ctx: WorkerContext, outcome: dict) -> bool:
-    """True when the graph table already holds signals of the outcome's run and epoch."""
-    window = window_at(ctx, outcome["timestamp_ms"] / 1000.0)[outcome["model_id"]].value() or {}
-    return window.get("run_id") == outcome["run_id"] and window.get("epoch", -1) >= outcome["epoch"]
+    """True when the graph table holds the outcome's epoch for every layer that reports (has seeds).
+
+    A telemetry batch may end half-way through a model's round of signals; deciding then would see
+    the sick layer without data. The epoch's round may straddle a window boundary, so the window
+    before the outcome's is read too.
+    """
+    model_id, run_id, epoch = outcome["model_id"], outcome["run_id"], outcome["epoch"]
+    now_s = outcome["timestamp_ms"] / 1000.0
+    seen: dict[str, int] = {}
+    for at in (now_s - ctx.settings.window_seconds, now_s):
+        window = window_at(ctx, at)[model_id].value() or {}
+        if window.get("run_id") == run_id:
+            for name, aggregate in window.get("layers", {}).items():
+                seen[name] = max(seen.get(name, -1), int(aggregate.get("epoch", -1)))
+    topology = ctx.topologies.get(model_id) or {}
+    reporting = [layer["name"] for layer in topology.get("layers", ()) if layer.get("num_seeds", 0) > 0]
+    return bool(seen) and all(seen.get(name, -1) >= epoch for name in reporting or seen)
 
 
 async def _send_decisions(ctx: WorkerContext, outbox: Outbox, due: dict[str, tuple[DueModel, Any]],

@@ -64,7 +64,8 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
         assert record["policy_version"] == "heuristic-v1"
         assert len(record["node_features"]) == len(record["layer_names"]) == 4
         # The heuristic adapts the sick layer (health 0.05 < 0.3); the gate lets it through.
-        assert record["action"] == "GERMINATE" and record["layer_name"] == "layers.2"
+        assert record["action"] == "GERMINATE" and record["layer_name"] == "layers.2", [
+            (r["model_id"], r["epoch"], r["trigger"], r["action"]) for r in decisions_in(experience.messages)]
     sent = commands.wait_for(lambda ms: len(ms) >= 3, timeout=30)
     command_ids = {decode(m.value()).value["decision_id"] for m in sent}
     assert command_ids == {r["decision_id"] for r in decisions_in(experience.messages)}
