@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,26 +25,32 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 class RegistryError(Exception):
     """A failed registry call. ``status`` is None when no HTTP answer came (refused, time-out)."""
 
-    def __init__(self, message: str, status: int | None = None, error_code: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, error_code: int | None = None,
+                 permanent: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_code = error_code
+        self._permanent = permanent
 
     @property
     def permanent(self) -> bool:
-        """True when asking again cannot help (unknown id, refused credentials, bad request)."""
+        """True when asking again cannot help (unknown id, refused credentials or certificate, bad request)."""
+        if self._permanent is not None:
+            return self._permanent
         return self.status is not None and self.status not in TRANSIENT_STATUSES
 
 
 class RegistryClient:
-    """Blocking calls with a time-out each and no retries (callers decide how long to keep trying)."""
+    """Blocking calls with a time-out each and no retries (callers decide how long to keep trying).
+    HTTPS verifies the server against the system's CAs, or ``ca_file`` when given."""
 
-    def __init__(self, url: str, user_info: str = "", timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, user_info: str = "", timeout_s: float = 5.0, ca_file: str = "") -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"schema registry URL {url!r} is not an http(s) URL")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self._tls = ssl.create_default_context(cafile=ca_file or None) if parsed.scheme == "https" else None
         self._headers = {"Accept": CONTENT_TYPE, "Content-Type": CONTENT_TYPE}
         if user_info:
             self._headers["Authorization"] = "Basic " + base64.b64encode(user_info.encode()).decode()
@@ -83,14 +90,15 @@ class RegistryClient:
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=self._headers)
         where = f"{method} {self.url}{path}"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self._tls) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             message, code = _error_body(exc)
             raise RegistryError(f"{where}: HTTP {exc.code} {message}".rstrip(), exc.code, code) from None
-        except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out
+        except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out, bad certificate
             reason = getattr(exc, "reason", exc)
-            raise RegistryError(f"{where}: {type(exc).__name__}: {reason}") from None
+            untrusted = isinstance(reason, ssl.SSLCertVerificationError)
+            raise RegistryError(f"{where}: {type(exc).__name__}: {reason}", permanent=untrusted or None) from None
         except ValueError as exc:  # an answer that is not JSON
             raise RegistryError(f"{where}: answer is not JSON: {exc}", 502) from None
 

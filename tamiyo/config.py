@@ -118,6 +118,7 @@ class SchemaRegistrySettings:
     user_info: str = field(default="", repr=False)  # "user:password" for HTTP basic auth
     timeout_s: float = 5.0
     retry_s: float = 30.0
+    ca_file: str = ""  # CA bundle for an https registry (default: the system's CAs)
 
     @classmethod
     def from_env(cls) -> "SchemaRegistrySettings":
@@ -132,6 +133,7 @@ class SchemaRegistrySettings:
             user_info=user_info,
             timeout_s=_env_float("TAMIYO_SCHEMA_REGISTRY_TIMEOUT_SECONDS", 5.0),
             retry_s=_env_float("TAMIYO_SCHEMA_REGISTRY_RETRY_SECONDS", 30.0),
+            ca_file=_env("TAMIYO_SCHEMA_REGISTRY_CAFILE", ""),
         )
 
     def validate(self) -> None:

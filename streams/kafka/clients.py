@@ -36,7 +36,7 @@ def use_wire_format(settings: Settings, write: bool) -> None:
         from schemas.confluent import connect
         from schemas.registry_client import RegistryClient
 
-        client = RegistryClient(wanted.url, wanted.user_info, wanted.timeout_s)
+        client = RegistryClient(wanted.url, wanted.user_info, wanted.timeout_s, wanted.ca_file)
         codec.use_confluent(connect(client, write, wanted.retry_s))
         _wire = (wanted, write)
 

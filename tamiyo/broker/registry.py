@@ -6,7 +6,8 @@ and ``lib/``). Maven fetches it once into ``$TAMIYO_CACHE_DIR/apicurio-registry-
 ``dependency:get -Dtransitive=false``: the artifact's parent POM is not served, so no goal that
 reads its descriptor works), and it runs on Java 17 on 127.0.0.1 with its default in-memory H2
 storage — everything registered is lost when it stops. Given ``user_info`` it requires HTTP basic
-auth for one user (Quarkus embedded users), like a secured registry.
+auth for one user (Quarkus embedded users), and given ``tls`` (PEM certificate and key files) it
+serves HTTPS only, like a secured registry.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import logging
 import re
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -78,20 +80,22 @@ class EmbeddedSchemaRegistry(BrokerProcess):
     STOP_TIMEOUT = 20.0
     START_TIMEOUT = 120.0
 
-    def __init__(self, data_dir: Path, port: int = 0, user_info: str = "", version: str | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, user_info: str = "", version: str | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         if user_info and not _USER.match(user_info.split(":", 1)[0]):
             raise ValueError("the embedded registry's user name may hold letters, digits, '_', '.' and '-' only")
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = self.data_dir
         self.port = port
         self.user_info = user_info
+        self.tls = tls
         self.version = version or apicurio_version()
         self._proc: subprocess.Popen | None = None
         self._log_handle = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.bootstrap}{CCOMPAT_PATH}"
+        return f"{'https' if self.tls else 'http'}://{self.bootstrap}{CCOMPAT_PATH}"
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
@@ -126,8 +130,14 @@ class EmbeddedSchemaRegistry(BrokerProcess):
     def properties(self) -> dict[str, str]:
         """Quarkus configuration, read from ``config/application.properties`` in the working folder
         (so that the password never shows on a command line)."""
-        props = {"quarkus.http.host": "127.0.0.1", "quarkus.http.port": str(self.port),
-                 "quarkus.log.console.color": "false"}
+        props = {"quarkus.http.host": "127.0.0.1", "quarkus.log.console.color": "false"}
+        if self.tls:  # HTTPS only: with insecure requests disabled no plain-HTTP port is opened
+            cert, key = self.tls
+            props |= {"quarkus.http.ssl-port": str(self.port), "quarkus.http.insecure-requests": "disabled",
+                      "quarkus.http.ssl.certificate.files": str(Path(cert).resolve()),
+                      "quarkus.http.ssl.certificate.key-files": str(Path(key).resolve())}
+        else:
+            props["quarkus.http.port"] = str(self.port)
         if self.user_info:
             user, password = self.user_info.split(":", 1)
             props |= {
@@ -165,8 +175,9 @@ class EmbeddedSchemaRegistry(BrokerProcess):
             if self._proc is not None and self._proc.poll() is not None:
                 raise BrokerError(f"schema registry exited with code {self._proc.returncode} while starting; "
                                   f"log tail:\n{_tail(self.log_file)}")
+            context = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
             with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(request, timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2, context=context) as response:
                     if response.status == 200:
                         return
             if time.monotonic() > deadline:

@@ -163,3 +163,37 @@ def test_settings_read_credentials_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("TAMIYO_SCHEMA_REGISTRY_URL", "registry:8081")
     with pytest.raises(ValueError, match="http"):
         Settings.from_env()
+
+
+@pytest.mark.slow
+def test_an_https_registry_is_trusted_only_with_its_ca(tmp_path) -> None:
+    """A second embedded Apicurio, HTTPS only, with a certificate made here for 127.0.0.1."""
+    import shutil
+    import subprocess
+
+    from tamiyo.broker import BrokerUnavailable
+    from tamiyo.broker.registry import EmbeddedSchemaRegistry
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server = EmbeddedSchemaRegistry(tmp_path / "registry", user_info="tls:secret", tls=(cert, key))
+    try:
+        server.start()
+    except BrokerUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        with pytest.raises(RegistryError) as info:
+            RegistryClient(server.url, "tls:secret").subjects()  # the system CAs do not know it
+        assert "CERTIFICATE_VERIFY_FAILED" in str(info.value) and info.value.permanent
+        settings = Settings(schema_registry=SchemaRegistrySettings(server.url, "tls:secret", ca_file=str(cert)))
+        use_wire_format(settings, write=True)
+        data = encode("EpochOutcome", SAMPLES["EpochOutcome"])
+        assert data[0] == 0x00 and decode(data).value == SAMPLES["EpochOutcome"]
+        assert "tamiyo.EpochOutcome" in RegistryClient(server.url, "tls:secret", ca_file=str(cert)).subjects()
+    finally:
+        server.stop()
