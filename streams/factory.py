@@ -8,6 +8,7 @@ import faust
 
 from streams import archive, policy_agent, telemetry
 from streams.context import WorkerContext
+from streams.kafka.clients import use_wire_format
 from streams.metrics import WorkerMetrics
 from streams.policy_holder import PolicyHolder, initial_policy
 from streams.tables import declare_tables
@@ -27,6 +28,7 @@ def broker_credentials(security: KafkaSecurity) -> object | None:
 
 def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[faust.App, WorkerContext]:
     """Build the app and its agents for one configuration (unique topic prefixes → separate apps)."""
+    use_wire_format(settings, write=True)  # registers the schemas before any agent encodes
     fetch_bytes = max(settings.max_message_bytes * 2, 1_048_576)
     app = faust.App(
         f"{settings.topic_prefix}-worker",

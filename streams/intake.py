@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from schemas import DecodeError, decode
+from schemas.codec import resolve_ids, unresolved_ids
 from streams.validation import validate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,18 @@ def from_faust_event(event: Any) -> RawMessage:
     )
 
 
+async def resolve_schema_ids(messages: Sequence[RawMessage]) -> None:
+    """Look up Confluent schema ids never seen before in a thread, so that ``accept`` decodes from
+    the cache and the event loop never waits on the registry. A no-op without a registry."""
+    ids = unresolved_ids(m.value for m in messages)
+    if not ids:
+        return
+    try:
+        await asyncio.to_thread(resolve_ids, ids)
+    except Exception:  # accept() then rejects those messages as unresolved
+        log.exception("resolving schema ids %s failed", sorted(ids))
+
+
 def accept(raw: RawMessage, expected: frozenset[str], max_bytes: int) -> Accepted | Rejected:
     """Check size, decode, check the record type is expected here, validate, check key == model_id."""
     size = len(raw.value or b"")
@@ -57,7 +74,7 @@ def accept(raw: RawMessage, expected: frozenset[str], max_bytes: int) -> Accepte
     if not raw.key:
         return Rejected(raw, "empty_key", "message key is empty; it must be the model id")
     try:
-        decoded = decode(raw.value)
+        decoded = decode(raw.value, lookup=False)  # ids were resolved by resolve_schema_ids
         if decoded.name not in expected:
             return Rejected(raw, "wrong_type", f"{decoded.name} does not belong on {raw.topic}")
         validate(decoded.name, decoded.value)

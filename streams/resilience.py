@@ -14,7 +14,7 @@ import os
 from typing import Any, Awaitable, Callable, Sequence
 
 from streams.deadletter import send_dead_letter
-from streams.intake import RawMessage, Rejected
+from streams.intake import RawMessage, Rejected, resolve_schema_ids
 from streams.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ EXIT_UNDELIVERABLE = 70
 
 
 async def process_safely(ctx: Any, producer: Any, process: Processor, messages: Sequence[RawMessage]) -> None:
+    await resolve_schema_ids(messages)
     outbox = Outbox(producer)
     try:
         await process(ctx, outbox, list(messages))

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Callable
 
+from schemas.registry_client import RegistryError
 from tamiyo.config import settings_from_args as _settings
 
 LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
@@ -23,6 +24,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from tamiyo.broker.cli import run_broker
 
     return run_broker(_settings(args))
+
+
+def cmd_schema_registry(args: argparse.Namespace) -> int:
+    from tamiyo.broker.cli import run_schema_registry
+
+    return run_schema_registry(_settings(args), port=args.port)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -101,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(sub, _common, _settings)
     add("broker", cmd_broker, "run the embedded broker (TAMIYO_BROKER=auto|kafka|tansu) until Ctrl-C")
+    p = add("schema-registry", cmd_schema_registry,
+            "run the embedded schema registry (Apicurio Registry, Confluent-compatible API) until Ctrl-C")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     add("topics", cmd_topics, "create the Tamiyo topics if missing")
     add("worker", cmd_worker, "run a Faust worker (same as: faust -A streams.app worker)")
     p = add("host", cmd_host, "train a real KasminaMLP on sklearn digits and follow the controller")
@@ -147,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"tamiyo: error: {exc}", file=sys.stderr)
         return 2
+    except RegistryError as exc:  # a producer cannot start without its schema ids
+        print(f"tamiyo: error: schema registry: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -111,6 +111,41 @@ class KafkaSecurity:
 
 
 @dataclass(frozen=True)
+class SchemaRegistrySettings:
+    """A Confluent-compatible schema registry; with a URL, producers write the Confluent wire format."""
+
+    url: str = ""
+    user_info: str = field(default="", repr=False)  # "user:password" for HTTP basic auth
+    timeout_s: float = 5.0
+    retry_s: float = 30.0
+    ca_file: str = ""  # CA bundle for an https registry (default: the system's CAs)
+
+    @classmethod
+    def from_env(cls) -> "SchemaRegistrySettings":
+        user_info = _env("TAMIYO_SCHEMA_REGISTRY_USER_INFO", "")
+        user = _env("TAMIYO_SCHEMA_REGISTRY_USER", "")
+        if user and user_info:
+            raise ValueError("set TAMIYO_SCHEMA_REGISTRY_USER_INFO or TAMIYO_SCHEMA_REGISTRY_USER/PASSWORD, not both")
+        if user:
+            user_info = f"{user}:{_env('TAMIYO_SCHEMA_REGISTRY_PASSWORD', '')}"
+        return cls(
+            url=_env("TAMIYO_SCHEMA_REGISTRY_URL", ""),
+            user_info=user_info,
+            timeout_s=_env_float("TAMIYO_SCHEMA_REGISTRY_TIMEOUT_SECONDS", 5.0),
+            retry_s=_env_float("TAMIYO_SCHEMA_REGISTRY_RETRY_SECONDS", 30.0),
+            ca_file=_env("TAMIYO_SCHEMA_REGISTRY_CAFILE", ""),
+        )
+
+    def validate(self) -> None:
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"TAMIYO_SCHEMA_REGISTRY_URL must be an http(s) URL, not {self.url!r}")
+        if self.user_info and ":" not in self.user_info:
+            raise ValueError("TAMIYO_SCHEMA_REGISTRY_USER_INFO must be user:password")
+        if self.timeout_s <= 0 or self.retry_s < 0:
+            raise ValueError("need TAMIYO_SCHEMA_REGISTRY_TIMEOUT_SECONDS > 0 and _RETRY_SECONDS >= 0")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every knob of every Tamiyo process. See the README's configuration table."""
 
@@ -142,6 +177,7 @@ class Settings:
     log_level: str = "info"
     seed: int = 0
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    schema_registry: SchemaRegistrySettings = field(default_factory=SchemaRegistrySettings)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -175,6 +211,7 @@ class Settings:
             log_level=_env("TAMIYO_LOG_LEVEL", "info"),
             seed=_env_int("TAMIYO_SEED", 0),
             security=KafkaSecurity.from_env(),
+            schema_registry=SchemaRegistrySettings.from_env(),
         )
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
@@ -202,6 +239,7 @@ class Settings:
                              "(a window must still be kept when its close is acted on)")
         if self.partitions < 1:
             raise ValueError("TAMIYO_PARTITIONS must be >= 1")
+        self.schema_registry.validate()
 
     @property
     def topics(self) -> Topics:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tamiyo.config import Settings
+from tamiyo.config import SchemaRegistrySettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,46 @@ def settings(kafka_bootstrap: str, tmp_path) -> Settings:
         partitions=2,
         # Explicit: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which would leak between tests.
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+        # The default wire format (single-object) even when TAMIYO_SCHEMA_REGISTRY_URL is set: the
+        # registry tests opt in with the ``schema_registry`` fixture.
+        schema_registry=SchemaRegistrySettings(),
     )
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchemaRegistrySettings]:
+    """A real Confluent-compatible schema registry for the whole session, first that works:
+    1. ``TAMIYO_SCHEMA_REGISTRY_URL`` (credentials from the environment too);
+    2. the embedded Apicurio Registry (Java + its Maven zip), requiring basic auth.
+    """
+    from_env = SchemaRegistrySettings.from_env()
+    if from_env.url:
+        yield SchemaRegistrySettings(from_env.url, from_env.user_info, from_env.timeout_s, retry_s=2.0)
+        return
+    from tamiyo.broker import BrokerUnavailable
+    from tamiyo.broker.registry import EmbeddedSchemaRegistry
+
+    user_info = f"tamiyo:{uuid.uuid4().hex}"
+    registry = EmbeddedSchemaRegistry(tmp_path_factory.mktemp("schema-registry"), user_info=user_info)
+    try:
+        registry.start(timeout=300)  # the first run also fetches the application (~110 MB)
+    except BrokerUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no schema registry: TAMIYO_SCHEMA_REGISTRY_URL unset and {exc}")
+    try:
+        yield SchemaRegistrySettings(url=registry.url, user_info=user_info, timeout_s=5.0, retry_s=2.0)
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(autouse=True)
+def _single_object_encoding_after_each_test() -> Iterator[None]:
+    """A test that configured a schema registry in this process must not change the next test's encoding."""
+    yield
+    from schemas import codec
+
+    codec.use_confluent(None)
 
 
 @pytest.fixture

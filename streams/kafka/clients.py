@@ -1,12 +1,44 @@
-"""confluent-kafka client construction from Settings (security settings included)."""
+"""confluent-kafka client construction from Settings (security settings included).
+
+Building a client also sets the process's wire format from the same Settings (``use_wire_format``):
+with ``TAMIYO_SCHEMA_REGISTRY_URL`` a producer's process registers the schemas and writes the
+Confluent format, a consumer's process looks the ids up; without it, single-object only.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from tamiyo.config import Settings
+from schemas import codec
+from tamiyo.config import SchemaRegistrySettings, Settings
+
+_wire: tuple[SchemaRegistrySettings, bool] | None = None  # the registry in use, and whether we write
+_wire_lock = threading.Lock()
+
+
+def use_wire_format(settings: Settings, write: bool) -> None:
+    """Point ``schemas.codec`` at ``settings.schema_registry`` (idempotent; network calls happen
+    here, once, never while encoding). ``write`` registers the schemas so ``encode`` writes the
+    Confluent format; raises ``schemas.registry_client.RegistryError`` when that fails."""
+    global _wire
+    wanted = settings.schema_registry
+    with _wire_lock:
+        if not wanted.url:
+            if codec.confluent_ids() is not None:
+                codec.use_confluent(None)
+            _wire = None
+            return
+        if _wire is not None and _wire[0] == wanted and (_wire[1] or not write) and codec.confluent_ids() is not None:
+            return
+        from schemas.confluent import connect
+        from schemas.registry_client import RegistryClient
+
+        client = RegistryClient(wanted.url, wanted.user_info, wanted.timeout_s, wanted.ca_file)
+        codec.use_confluent(connect(client, write, wanted.retry_s))
+        _wire = (wanted, write)
 
 
 def base_config(settings: Settings) -> dict[str, Any]:
@@ -26,6 +58,7 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
         "message.max.bytes": max(settings.max_message_bytes * 2, 1_048_576),
     }
     conf.update(overrides)
+    use_wire_format(settings, write=True)
     return Producer(conf)
 
 
@@ -38,4 +71,5 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
         "enable.partition.eof": False,
     }
     conf.update(overrides)
+    use_wire_format(settings, write=False)
     return Consumer(conf)

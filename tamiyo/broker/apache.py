@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -26,11 +25,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from tamiyo.broker.maven import MARKER, BrokerError, BrokerUnavailable, fetch_once, run_maven
+
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "3.9.2"
 POM = Path(__file__).with_name("pom.xml")
-MARKER = ".complete"
 DEFAULT_MESSAGE_MAX_BYTES = 2 * 1024 * 1024
 JVM_OPTS = [
     "-Xms256m",
@@ -40,14 +40,6 @@ JVM_OPTS = [
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 ]
-
-
-class BrokerError(RuntimeError):
-    """The broker could not be fetched, formatted or started."""
-
-
-class BrokerUnavailable(BrokerError):
-    """A prerequisite (java, mvn, the Tansu binary) is missing."""
 
 
 # --------------------------------------------------------------------------- jars
@@ -87,51 +79,27 @@ def _require_java() -> str:
 
 
 def fetch_kafka_libs(version: str | None = None, quiet: bool | None = None) -> Path:
-    """Resolve the Kafka broker jars with Maven into the cache once; returns the ``libs`` folder.
-
-    Safe against concurrent callers (other processes included): an ``fcntl`` lock serialises the fetch, and a
-    marker file written after a successful copy makes every later call a no-op.
-    """
+    """Resolve the Kafka broker jars with Maven into the cache once; returns the ``libs`` folder."""
     version = version or kafka_version()
     libs = libs_dir(version)
     home = libs.parent
-    if (home / MARKER).exists():
-        return libs
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if (home / MARKER).exists():  # another process fetched while we waited
-            return libs
-        mvn = shutil.which("mvn")
-        if not mvn:
-            raise BrokerUnavailable(
-                f"the embedded Apache Kafka broker needs Maven (`mvn`) once, to fetch the Kafka {version} jars into "
-                f"{libs}; `mvn` is not on PATH. Install Maven, or use TAMIYO_BROKER=tansu, or point "
-                "KAFKA_BOOTSTRAP_SERVERS at a running broker."
-            )
+
+    def fetch(mvn: str) -> None:
         _require_java()
         # Run Maven on a copy of the pom inside the cache: nothing is written next to the installed package.
         pom = home / "pom.xml"
         shutil.copyfile(POM, pom)
         if libs.exists():
             shutil.rmtree(libs)  # a previous attempt died half way
-        if quiet is None:
-            quiet = not log.isEnabledFor(logging.DEBUG)
         cmd = [mvn, "-B", "--no-transfer-progress", "-f", str(pom), f"-Dkafka.version={version}"]
-        cmd += ["-q"] if quiet else []
+        cmd += ["-q"] if (not log.isEnabledFor(logging.DEBUG) if quiet is None else quiet) else []
         cmd += ["dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
-        log.warning("fetching Apache Kafka %s jars from Maven Central into %s (once, ~50 MB)", version, libs)
-        started = time.monotonic()
-        proc = subprocess.run(
-            cmd, cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        if proc.returncode != 0 or not any(libs.glob(f"kafka_2.13-{version}.jar")):
-            tail = "\n".join(proc.stdout.splitlines()[-40:])
-            raise BrokerError(f"Maven could not fetch Apache Kafka {version} (exit {proc.returncode}):\n{tail}")
-        if proc.stdout.strip():
-            log.debug("maven output:\n%s", proc.stdout)
-        (home / MARKER).write_text(f"{version}\n")
-        log.warning("fetched Apache Kafka %s jars in %.1f s", version, time.monotonic() - started)
+        output = run_maven(cmd, home, f"Apache Kafka {version}")
+        if not any(libs.glob(f"kafka_2.13-{version}.jar")):
+            raise BrokerError(f"Maven did not fetch kafka_2.13-{version}.jar into {libs}:\n{output[-4000:]}")
+
+    fetch_once(home, f"the embedded Apache Kafka broker ({version} jars, ~50 MB)", fetch,
+               "use TAMIYO_BROKER=tansu, or point KAFKA_BOOTSTRAP_SERVERS at a running broker")
     return libs
 
 
@@ -145,8 +113,14 @@ def free_port() -> int:
 
 
 def random_cluster_id() -> str:
-    """A Kafka ``Uuid`` string (URL-safe base64 of 16 bytes, no padding), like ``kafka-storage random-uuid``."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka ``Uuid`` string (URL-safe base64 of 16 bytes, no padding), like ``kafka-storage random-uuid``.
+
+    Never one starting with "-" (as Kafka's own ``Uuid.randomUuid``): the storage tool would read it as an option.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def _tail(path: Path, lines: int = 40) -> str:

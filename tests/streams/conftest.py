@@ -15,15 +15,23 @@ from tamiyo.config import Settings
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return dict(
-        os.environ,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAMIYO_SCHEMA_REGISTRY_")}
+    return env | dict(
         KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
         TAMIYO_TOPIC_PREFIX=settings.topic_prefix,
         TAMIYO_DATA_DIR=str(settings.data_dir),
         TAMIYO_PARTITIONS=str(settings.partitions),
         TAMIYO_LOG_LEVEL="info",
-        **extra,
-    )
+    ) | registry_env(settings) | extra
+
+
+def registry_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process ``settings.schema_registry`` (empty: none)."""
+    registry = settings.schema_registry
+    if not registry.url:
+        return {}
+    return {"TAMIYO_SCHEMA_REGISTRY_URL": registry.url, "TAMIYO_SCHEMA_REGISTRY_USER_INFO": registry.user_info,
+            "TAMIYO_SCHEMA_REGISTRY_RETRY_SECONDS": str(registry.retry_s)}
 
 
 class WorkerProcess:
@@ -56,8 +64,8 @@ class WorkerProcess:
 def start_worker(topics_ready: Settings, tmp_path: Path) -> Iterator:
     workers: list[WorkerProcess] = []
 
-    def start(**env: str) -> WorkerProcess:
-        worker = WorkerProcess(topics_ready, tmp_path / f"worker-{len(workers)}.log", **env)
+    def start(settings: Settings | None = None, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(settings or topics_ready, tmp_path / f"worker-{len(workers)}.log", **env)
         workers.append(worker)
         return worker
 
