@@ -44,6 +44,7 @@ class WorkerContext:
     # Set by the telemetry agent when it folded signals or stored a topology that parked or waiting
     # outcomes may need: the policy agent's decider wakes at once instead of at its next poll.
     wake_decider: asyncio.Event = field(default_factory=asyncio.Event)
+    folded: set[str] = field(default_factory=set)  # waiting models folded since the decider last looked
 
     def __post_init__(self) -> None:
         self.parked_signals = Parking(self.settings.park_seconds, self.settings.park_capacity)

@@ -25,6 +25,9 @@ class Parking(Generic[T]):
     def __len__(self) -> int:
         return self._count
 
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._by_model
+
     def park(self, model_id: str, item: T, now: float | None = None, deadline: float | None = None) -> bool:
         """Keep ``item`` until its model's topology arrives; False when parking is full."""
         if self._count >= self.capacity:

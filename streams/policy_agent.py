@@ -45,13 +45,14 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
         while not app.should_stop:
             try:
                 await asyncio.wait_for(ctx.wake_decider.wait(), timeout=POLL_S)
+                sweep = False  # woken: only the models whose signals were folded are looked at
             except asyncio.TimeoutError:
-                pass
+                sweep = True  # every waiting outcome's deadline, and parked ones' topologies
             ctx.wake_decider.clear()
             if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
                 async with deciding:
                     outbox = Outbox(app.producer)
-                    await decide_and_send(ctx, outbox, [])
+                    await decide_and_send(ctx, outbox, [], sweep=sweep)
                     await outbox.flush()
 
     if settings.window_close_trigger == "on":
@@ -97,12 +98,16 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     await decide_and_send(ctx, outbox, ended)
 
 
-async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any, float | None]]) -> None:
+async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any, float | None]],
+                          sweep: bool = False) -> None:
     """One batched policy call over every due model.
 
     An outcome waits (parked) while its model has no topology for its run, and for up to
     TAMIYO_SIGNAL_WAIT_SECONDS while the telemetry agent has not yet folded that epoch's signals:
-    health and outcomes are separate topics, read by separate agents.
+    health and outcomes are separate topics, read by separate agents. A waiting outcome is looked
+    at again when the telemetry agent folded signals of its model (``ctx.folded``), and its deadline
+    on a ``sweep``: never a table look-up per waiting model per call, which under a backlog would
+    cost more the further behind the worker is.
     """
     cfg = gate_config(ctx.settings)
     started = time.perf_counter()
@@ -113,9 +118,11 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
                      in ctx.parked_outcomes.release(model_id)] + items
     now = time.monotonic()
     waited_out = []  # in arrival order: of several epochs of one model, the newest is decided
-    for model_id in ctx.waiting_for_signals.models():
+    touched, ctx.folded = ctx.folded, set()
+    candidates = ctx.waiting_for_signals.models() if sweep else [m for m in touched if m in ctx.waiting_for_signals]
+    for model_id in candidates:
         for deadline, (record, event) in ctx.waiting_for_signals.release(model_id):
-            if deadline <= now or _signals_arrived(ctx, record):
+            if deadline <= now or (model_id in touched and _signals_arrived(ctx, record)):
                 waited_out.append((record, event, None, True))
             else:
                 ctx.waiting_for_signals.park(model_id, (record, event), deadline=deadline)

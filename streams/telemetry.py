@@ -86,7 +86,9 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     for model_id, (event, signals) in folds.items():
         with as_current(event):
             _fold_signals(ctx, model_id, signals)
-    if (folds or ctx.counters.topologies != topologies_before) and (ctx.waiting_for_signals or ctx.parked_outcomes):
+    touched = [model_id for model_id in folds if model_id in ctx.waiting_for_signals]
+    if touched or (ctx.counters.topologies != topologies_before and ctx.parked_outcomes):
+        ctx.folded.update(touched)
         ctx.wake_decider.set()
     resolved += await expire_parked(ctx, outbox)
     if resolved:
