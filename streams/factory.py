@@ -8,6 +8,7 @@ import faust
 
 from streams import archive, policy_agent, telemetry
 from streams.context import WorkerContext
+from streams.faust_seek import install_seek_guard
 from streams.metrics import WorkerMetrics
 from streams.policy_holder import PolicyHolder, initial_policy
 from streams.tables import declare_tables
@@ -27,6 +28,7 @@ def broker_credentials(security: KafkaSecurity) -> object | None:
 
 def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[faust.App, WorkerContext]:
     """Build the app and its agents for one configuration (unique topic prefixes → separate apps)."""
+    install_seek_guard()  # before any consumer exists: Faust's post-rebalance seek loses messages without it
     fetch_bytes = max(settings.max_message_bytes * 2, 1_048_576)
     app = faust.App(
         f"{settings.topic_prefix}-worker",
