@@ -48,6 +48,10 @@ def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[
         consumer_max_fetch_size=fetch_bytes,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
+        # A worker that stops heartbeating for this long (kill -9, a hung host) loses its partitions
+        # to the rest of the group: the takeover time after a crash.
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_session_timeout / 10,
         table_cleanup_interval=max(settings.window_seconds, 5.0),
         web_enabled=False,
         datadir=str(settings.data_dir / "faust"),

@@ -132,6 +132,7 @@ class Settings:
     park_seconds: float = 120.0
     park_capacity: int = 100_000
     signal_wait_seconds: float = 1.0
+    broker_session_timeout: float = 10.0
     dead_letter_value_bytes: int = 65_536
     mlflow_tracking_uri: str = ""
     registered_model: str = "tamiyo-policy"
@@ -163,6 +164,7 @@ class Settings:
             park_seconds=_env_float("TAMIYO_PARK_SECONDS", 120.0),
             park_capacity=_env_int("TAMIYO_PARK_CAPACITY", 100_000),
             signal_wait_seconds=_env_float("TAMIYO_SIGNAL_WAIT_SECONDS", 1.0),
+            broker_session_timeout=_env_float("TAMIYO_BROKER_SESSION_TIMEOUT", 10.0),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
             registered_model=_env("TAMIYO_REGISTERED_MODEL", "tamiyo-policy"),
@@ -193,6 +195,8 @@ class Settings:
             raise ValueError("need 0 < TAMIYO_WINDOW_SECONDS <= TAMIYO_WINDOW_EXPIRES_SECONDS")
         if self.partitions < 1:
             raise ValueError("TAMIYO_PARTITIONS must be >= 1")
+        if self.broker_session_timeout <= 0:
+            raise ValueError("TAMIYO_BROKER_SESSION_TIMEOUT must be > 0 (brokers accept >= 6 s by default)")
 
     @property
     def topics(self) -> Topics:

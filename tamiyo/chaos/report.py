@@ -13,8 +13,8 @@ NOTES = [
     "Counts come from the topics: inputs are matched to the experience archive and the dead-letter topic by "
     "(topic, partition, offset); duplicate_applies counts CommandOutcome APPLIED per decision_id beyond the first.",
     "crashes counts processes and services killed or stopped on purpose (workers, hosts, the registry, the broker).",
-    "Workers run with BROKER_SESSION_TIMEOUT=10 (Faust's default is 60 s): a killed worker's partitions move "
-    "after ~10 s, which bounds the takeover time.",
+    "Workers run with TAMIYO_BROKER_SESSION_TIMEOUT=10 (the default; Faust's own is 60 s): a killed worker's "
+    "partitions move after ~10 s, which bounds the takeover time.",
     "With a backlog the worker decides only the newest epoch of a model per batch (older ones are coalesced).",
     "Known open risk (Faust): in one of about six takeover runs during development, 7 outcome messages that "
     "arrived during a rebalance were never delivered to the agent and their offsets were committed "

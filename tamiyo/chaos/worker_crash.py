@@ -27,6 +27,7 @@ from typing import Any
 from hosts.partitioner import partition_for
 from schemas import encode
 from tamiyo.chaos.harness import (
+    SESSION_TIMEOUT_S,
     ChaosEnv,
     Decision,
     FleetThread,
@@ -207,7 +208,7 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "duplicate_applies": result.duplicate_applies,
         "recovery_seconds": {p["kind"].split(" ")[0]: p["kill_to_first_decision_s"] for p in phases},
         "phases": phases,
-        "session_timeout_s": 10,
+        "session_timeout_s": SESSION_TIMEOUT_S,
         "models": models,
         "valid_inputs": result.valid_inputs,
         "archived_duplicates": result.archived_duplicates,
