@@ -30,5 +30,5 @@ def test_workers_seek_through_the_guard(tmp_path: Path) -> None:
     consumer = type(app.consumer)
     assert issubclass(consumer, ThreadDelegateConsumer)
     for name, method in (("perform_seek", Consumer.perform_seek), ("getmany", Consumer.getmany),
-                         ("_getmany", ThreadDelegateConsumer._getmany)):
+                         ("resume_flow", Consumer.resume_flow), ("_getmany", ThreadDelegateConsumer._getmany)):
         assert getattr(consumer, name) is method and method.__module__ == "streams.faust_seek", name
