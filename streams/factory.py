@@ -8,6 +8,7 @@ import faust
 
 from streams import archive, policy_agent, telemetry
 from streams.context import WorkerContext
+from streams.faust_seek import install_seek_guard
 from streams.kafka.clients import use_wire_format
 from streams.metrics import WorkerMetrics
 from streams.policy_holder import PolicyHolder, initial_policy
@@ -29,6 +30,7 @@ def broker_credentials(security: KafkaSecurity) -> object | None:
 def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[faust.App, WorkerContext]:
     """Build the app and its agents for one configuration (unique topic prefixes → separate apps)."""
     use_wire_format(settings, write=True)  # registers the schemas before any agent encodes
+    install_seek_guard()  # before any consumer exists: Faust's post-rebalance seek loses messages without it
     fetch_bytes = max(settings.max_message_bytes * 2, 1_048_576)
     app = faust.App(
         f"{settings.topic_prefix}-worker",
@@ -48,6 +50,10 @@ def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[
         consumer_max_fetch_size=fetch_bytes,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
+        # A worker that stops heartbeating for this long (kill -9, a hung host) loses its partitions
+        # to the rest of the group: the takeover time after a crash.
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_session_timeout / 10,
         table_cleanup_interval=max(settings.window_seconds, 5.0),
         web_enabled=False,
         datadir=str(settings.data_dir / "faust"),

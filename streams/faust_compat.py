@@ -1,4 +1,4 @@
-"""The one place that touches Faust internals.
+"""Faust internals, part one (part two, the post-rebalance seek, is ``streams/faust_seek.py``).
 
 Faust picks a table's changelog partition from the *current event*. Inside ``take_events`` the
 current event is whichever message came last, so a batched write for model A could land in the

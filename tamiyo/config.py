@@ -169,6 +169,7 @@ class Settings:
     signal_wait_seconds: float = 1.0
     window_close_trigger: str = "on"
     window_close_grace_seconds: float = 2.0
+    broker_session_timeout: float = 10.0
     dead_letter_value_bytes: int = 65_536
     mlflow_tracking_uri: str = ""
     registered_model: str = "tamiyo-policy"
@@ -203,6 +204,7 @@ class Settings:
             signal_wait_seconds=_env_float("TAMIYO_SIGNAL_WAIT_SECONDS", 1.0),
             window_close_trigger=_env("TAMIYO_WINDOW_CLOSE_TRIGGER", "on"),
             window_close_grace_seconds=_env_float("TAMIYO_WINDOW_CLOSE_GRACE_SECONDS", 2.0),
+            broker_session_timeout=_env_float("TAMIYO_BROKER_SESSION_TIMEOUT", 10.0),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
             registered_model=_env("TAMIYO_REGISTERED_MODEL", "tamiyo-policy"),
@@ -240,6 +242,8 @@ class Settings:
         if self.partitions < 1:
             raise ValueError("TAMIYO_PARTITIONS must be >= 1")
         self.schema_registry.validate()
+        if self.broker_session_timeout <= 0:
+            raise ValueError("TAMIYO_BROKER_SESSION_TIMEOUT must be > 0 (brokers accept >= 6 s by default)")
 
     @property
     def topics(self) -> Topics:

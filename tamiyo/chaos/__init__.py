@@ -14,6 +14,9 @@ Scenarios, one module each:
 
 Each ``run(env, quick=False) -> dict`` returns ``passed``, ``checks`` and its figures; the
 ``quick`` versions are the ones the test suite runs (tests/chaos/).
+
+Not a scenario but a reproduction: ``python -m tamiyo.chaos.takeover_loop`` repeats the takeover
+under load with traced workers and explains any lost message from Faust's offset bookkeeping.
 """
 
 from __future__ import annotations

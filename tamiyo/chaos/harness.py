@@ -37,6 +37,8 @@ _KEEP_PREFIXES = ("KAFKA_SECURITY_", "KAFKA_SASL_", "KAFKA_SSL_", "TAMIYO_CACHE_
                   "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 _T0 = time.monotonic()
+#: TAMIYO_BROKER_SESSION_TIMEOUT of every chaos worker: a killed worker's partitions move after this.
+SESSION_TIMEOUT_S = 10
 _QUIET = logging.getLogger("tamiyo.chaos.librdkafka")  # client chatter while brokers restart
 _QUIET.setLevel(logging.CRITICAL)
 
@@ -73,9 +75,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
         TAMIYO_LOG_LEVEL="info",
         MLFLOW_DISABLE_TELEMETRY="true",
         PYTHONUNBUFFERED="1",
-        # Faust reads these itself: a killed worker's partitions move after 10 s, not the default 60 s.
-        BROKER_SESSION_TIMEOUT="10",
-        BROKER_HEARTBEAT_INTERVAL="1",
+        TAMIYO_BROKER_SESSION_TIMEOUT=str(SESSION_TIMEOUT_S),
     )
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -13,12 +13,14 @@ NOTES = [
     "Counts come from the topics: inputs are matched to the experience archive and the dead-letter topic by "
     "(topic, partition, offset); duplicate_applies counts CommandOutcome APPLIED per decision_id beyond the first.",
     "crashes counts processes and services killed or stopped on purpose (workers, hosts, the registry, the broker).",
-    "Workers run with BROKER_SESSION_TIMEOUT=10 (Faust's default is 60 s): a killed worker's partitions move "
-    "after ~10 s, which bounds the takeover time.",
+    "Workers run with TAMIYO_BROKER_SESSION_TIMEOUT=10 (the default; Faust's own is 60 s): a killed worker's "
+    "partitions move after ~10 s, which bounds the takeover time.",
     "With a backlog the worker decides only the newest epoch of a model per batch (older ones are coalesced).",
-    "Known open risk (Faust): in one of about six takeover runs during development, 7 outcome messages that "
-    "arrived during a rebalance were never delivered to the agent and their offsets were committed "
-    "(faust-streaming rebalance/seek races, cf. issues #216, #221, #606); not reproduced since.",
+    "Takeover loss (issue 4), fixed: Faust's post-rebalance seek could reset its read offsets under a batch in "
+    "delivery; records the resumed flow then cleared from the agent queues were never read again and were "
+    "committed over (acked as a gap, or as a one-record hole Faust's commit check lets pass). "
+    "streams/faust_seek.py orders the seek against fetching and delivery (python -m tamiyo.chaos.takeover_loop "
+    "reproduces the loss with --without-seek-guard).",
 ]
 
 

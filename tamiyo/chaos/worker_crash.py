@@ -15,6 +15,10 @@ archived, no decision id is APPLIED twice (CommandOutcome statuses on the outcom
 re-made after a crash is identical, the cooldown gate held across crashes (gate_state recovered),
 and decisions resume for every model. Recovery: kill → first new decision for a model whose
 partition the killed worker owned (and → every such model decided again).
+
+Workers run as ``tamiyo.chaos.traced_worker``: a trace of Faust's offset bookkeeping explains any
+lost input (``lost_explained``) and shows whether Faust acked offsets it never delivered to an agent
+(``faust_gaps_acked``; issue 4, fixed by ``streams/faust_seek.py``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from hosts.partitioner import partition_for
 from schemas import encode
+from tamiyo.chaos.faust_trace import contiguous_runs, explain, gaps_by_topic, read_trace
 from tamiyo.chaos.harness import (
+    SESSION_TIMEOUT_S,
     ChaosEnv,
     Decision,
     FleetThread,
@@ -143,10 +150,20 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
                 "kill_to_all_models_decided_s": round(time.monotonic() - killed_at, 1),
                 "probe": probe}
 
+    traces: dict[str, Path] = {}
+
+    def start(name: str) -> WorkerProcess:
+        """A worker whose Faust offset bookkeeping is traced: a lost message can be explained. Its seeks
+        to the committed offsets are slowed down as on a busy machine, which makes the issue-4 race
+        likely (without streams/faust_seek.py, Faust then acks offsets it never delivered)."""
+        traces[name] = settings.data_dir / f"{name}.trace"
+        return env.start_worker(settings, name, module="tamiyo.chaos.traced_worker",
+                                TAMIYO_FAUST_TRACE=str(traces[name]), TAMIYO_CHAOS_SEEK_DELAY_S="0.5")
+
     phases: list[dict[str, Any]] = []
     fleet = FleetThread(settings, models=models, epoch_interval_s=0.5, seed=seed, epochs_per_run=1000)
     if quick:
-        w1, w2 = env.start_worker(settings, "worker-1"), env.start_worker(settings, "worker-2")
+        w1, w2 = start("worker-1"), start("worker-2")
         w1.wait_ready()
         w2.wait_ready()
         fleet.start()
@@ -157,24 +174,25 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         stable([w1, w2], "the restarted worker rejoined")
         survivors = [w1, w2]
     else:
-        w1 = env.start_worker(settings, "worker-1")
+        w1 = start("worker-1")
         w1.wait_ready()
         fleet.start()
         stable([w1], "one worker serving")
         phases.append(kill_and_measure(w1, [], "restart", restart=True) | {"kind": "restart (whole group down)"})
-        w2 = env.start_worker(settings, "worker-2")
+        w2 = start("worker-2")
         w2.wait_ready()
         stable([w1, w2], "two workers serving")
         phases.append(kill_and_measure(w2, [w1], "takeover", restart=False) | {"kind": "takeover"})
         survivors = [w1]
     time.sleep(3.0)
     stats = fleet.finish()
-    result, _ = audit(observer, settings, {}, timeout=90)
+    result, scan = audit(observer, settings, {}, timeout=90)
     parked_positions = [pos for phase in phases for pos in phase["probe"].positions]
     with observer.lock:
         parked_archived = sum(1 for p in parked_positions if observer.archived_count(p) > 0)
         parked_dead = sum(1 for p in parked_positions if p in observer.dead)
         decisions = list(observer.decisions)
+        lost = [p for p in scan.all_positions() if observer.archived_count(p) == 0]
     violations = cooldown_violations(decisions, settings.cooldown_epochs)
     ids = [d.decision_id for d in decisions]
     alive = all(w.alive() for w in survivors)
@@ -185,9 +203,15 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         w.stop()
     for phase in phases:
         phase.pop("probe")
+    events = {name: read_trace(path) for name, path in traces.items()}
+    lost_runs = contiguous_runs(lost)
+    gaps = gaps_by_topic(events)
 
     checks = {
         "no_valid_input_lost": result.lost == 0,
+        # Nothing is compacted or transactional here: an offset Faust acks without delivering it is the
+        # takeover bug (streams/faust_seek.py), even when another worker had processed it before.
+        "faust_acked_nothing_unseen": all(path.exists() for path in traces.values()) and not any(gaps.values()),
         "parked_signals_survive_the_crash": parked_archived == len(parked_positions) > 0,
         "every_command_archived": result.commands_unarchived == 0,
         "no_duplicate_applies": result.duplicate_applies == 0,
@@ -207,7 +231,7 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "duplicate_applies": result.duplicate_applies,
         "recovery_seconds": {p["kind"].split(" ")[0]: p["kill_to_first_decision_s"] for p in phases},
         "phases": phases,
-        "session_timeout_s": 10,
+        "session_timeout_s": SESSION_TIMEOUT_S,
         "models": models,
         "valid_inputs": result.valid_inputs,
         "archived_duplicates": result.archived_duplicates,
@@ -224,5 +248,8 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "changelog_recoveries_logged": len(recovery_log),
         "fleet": stats.as_dict() if stats else None,
         "lost_examples": result.lost_examples,
+        "lost_runs": lost_runs,
+        "lost_explained": explain(lost_runs, events)[:20],
+        "faust_gaps_acked": gaps,
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -10,15 +10,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN BUG, open (issue 4 note): during a consumer-group takeover a contiguous run of messages on a "
-    "partition that moves between workers can be committed without being processed (one CI run: 300 of "
-    "41,350 health signals; passed in the run before). Suspected faust-streaming rebalance/commit race; "
-    "this test reports it on every run until it is fixed."))
 def test_crashed_worker_loses_nothing_and_applies_nothing_twice(chaos_env) -> None:
     result = run_quick(chaos_env, "worker_crash")
     assert result["passed"], explain(result)
     assert result["lost"] == 0 and result["duplicate_applies"] == 0
+    # Issue 4: no offset was acked without reaching an agent (streams/faust_seek.py), on any worker.
+    assert set(result["faust_gaps_acked"]) == {"worker-1", "worker-2"} and not any(result["faust_gaps_acked"].values())
     # Signals parked (waiting for their topology) when the worker died are handled after the restart.
     assert result["parked_archived"] == result["parked_at_crash"] > 0
     assert result["cooldown_violations"] == 0 and result["checks"]["redecisions_identical"]

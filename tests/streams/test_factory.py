@@ -1,0 +1,34 @@
+"""What create_app hands to Faust: the session timeout and the seek guard (no broker needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.factory import create_app
+from tamiyo.config import Settings
+
+
+def test_the_session_timeout_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BROKER_SESSION_TIMEOUT", raising=False)  # Faust's own variable would win
+    monkeypatch.delenv("BROKER_HEARTBEAT_INTERVAL", raising=False)
+    monkeypatch.setenv("TAMIYO_BROKER_SESSION_TIMEOUT", "7.5")
+    settings = Settings.from_env(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path)
+    app, _ = create_app(settings)
+    assert settings.broker_session_timeout == 7.5
+    assert app.conf.broker_session_timeout == 7.5 and app.conf.broker_heartbeat_interval == 0.75
+    assert Settings().broker_session_timeout == 10.0  # the documented default
+    with pytest.raises(ValueError, match="TAMIYO_BROKER_SESSION_TIMEOUT"):
+        Settings(broker_session_timeout=0).validate()
+
+
+def test_workers_seek_through_the_guard(tmp_path: Path) -> None:
+    from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+
+    app, _ = create_app(Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path))
+    consumer = type(app.consumer)
+    assert issubclass(consumer, ThreadDelegateConsumer)
+    for name, method in (("perform_seek", Consumer.perform_seek), ("getmany", Consumer.getmany),
+                         ("resume_flow", Consumer.resume_flow), ("_getmany", ThreadDelegateConsumer._getmany)):
+        assert getattr(consumer, name) is method and method.__module__ == "streams.faust_seek", name
