@@ -42,13 +42,18 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
     async def decide_parked() -> None:
         """Decide outcomes that waited for their signals or topology: woken by the telemetry agent
         as soon as it folded some, and every POLL_S anyway (waits that time out, parking that expires)."""
+        last_sweep = time.monotonic()
         while not app.should_stop:
             try:
                 await asyncio.wait_for(ctx.wake_decider.wait(), timeout=POLL_S)
-                sweep = False  # woken: only the models whose signals were folded are looked at
             except asyncio.TimeoutError:
-                sweep = True  # every waiting outcome's deadline, and parked ones' topologies
+                pass
             ctx.wake_decider.clear()
+            # Woken: only the models whose signals were folded are looked at; every POLL_S (even when
+            # wake-ups never stop) a sweep checks every waiting outcome's deadline.
+            sweep = time.monotonic() - last_sweep >= POLL_S
+            if sweep:
+                last_sweep = time.monotonic()
             if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
                 async with deciding:
                     outbox = Outbox(app.producer)
