@@ -1,7 +1,7 @@
 """Fleet: many SimulatedModels in one process, speaking the same Kafka contract as a real host.
 
-Per model and epoch it publishes ``signals_per_epoch`` rounds of HealthSignals (one per layer) and
-an EpochOutcome, plus a ModelTopology at the start of every run and after every applied command.
+Per model and epoch it publishes ``signals_per_epoch`` HealthReports (each one HealthSignal per
+layer) and an EpochOutcome, plus a ModelTopology at the start of every run and after every applied command.
 It reads the commands topic from its end (no consumer group), applies each command at most once
 to the model its key names, and answers with a CommandOutcome on the outcomes topic. All records
 are keyed by model id. Throughput: about 50k records/s for 1,000 models on 2 cores, most of it
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class FleetStats:
     models: int = 0
     health_signals: int = 0
+    health_reports: int = 0  # messages: one per model and round, carrying one signal per layer
     epochs: int = 0
     runs: int = 0
     topologies: int = 0
@@ -100,9 +101,10 @@ class Fleet:
                         stats.topologies += 1
                         stats.runs += 1
                     for _ in range(model.signals_per_epoch):
-                        for signal in model.health_signals():
-                            publisher.send(topics.health, model_id, "HealthSignal", signal)
-                            stats.health_signals += 1
+                        signals = model.health_signals()
+                        publisher.send_report(topics.health, model_id, model.run_id, signals)
+                        stats.health_signals += len(signals)
+                        stats.health_reports += 1
                     publisher.send(topics.outcomes, model_id, "EpochOutcome", model.end_epoch())
                     stats.epochs += 1
                     if i % 100 == 99:

@@ -35,6 +35,7 @@ class HostStats:
     epochs: int = 0
     steps: int = 0
     health_signals: int = 0
+    health_reports: int = 0
     topologies: int = 0
     commands_received: int = 0
     commands_applied: int = 0
@@ -77,12 +78,14 @@ class _Host:
         self.stats.topologies += 1
 
     def report_health(self, step: int) -> None:
+        """One HealthReport: a HealthSignal per Kasmina layer at this step."""
         now = _now_ms()
-        for name, layer in self.trainer.net.kasmina_layers.items():
-            signal = {"model_id": self.model_id, "run_id": self.run_id, "layer_name": name, "epoch": self.epoch,
-                      "step": step, "timestamp_ms": now, **layer.health()}
-            self.publisher.send(self.topics.health, self.model_id, "HealthSignal", signal)
-            self.stats.health_signals += 1
+        signals = [{"model_id": self.model_id, "run_id": self.run_id, "layer_name": name, "epoch": self.epoch,
+                    "step": step, "timestamp_ms": now, **layer.health()}
+                   for name, layer in self.trainer.net.kasmina_layers.items()]
+        self.publisher.send_report(self.topics.health, self.model_id, self.run_id, signals)
+        self.stats.health_signals += len(signals)
+        self.stats.health_reports += 1
         self.publisher.poll()
 
     def handle_commands(self, timeout: float = 0.0) -> set[int]:

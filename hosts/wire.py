@@ -46,6 +46,11 @@ class Publisher:
     def send(self, topic: str, key: str, name: str, record: dict[str, Any]) -> None:
         self.send_raw(topic, key.encode(), encode(name, record))
 
+    def send_report(self, topic: str, model_id: str, run_id: str, signals: list[dict[str, Any]]) -> None:
+        """The HealthSignals of one step as one HealthReport message (one Kafka record, not one per layer)."""
+        if signals:
+            self.send(topic, model_id, "HealthReport", {"model_id": model_id, "run_id": run_id, "signals": signals})
+
     def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
         while True:
             try:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 BATCH_WITHIN_S = 0.01
 
 TOPOLOGY = frozenset({"ModelTopology"})
-HEALTH = frozenset({"HealthSignal"})
+HEALTH = frozenset({"HealthSignal", "HealthReport"})
 
 
 def register(app: faust.App, ctx: WorkerContext) -> Any:
@@ -136,18 +136,28 @@ def layer_names_of(model_id: str, topology: dict) -> frozenset[str]:
     return names
 
 
+def signals_of(accepted: Accepted) -> list[dict]:
+    """The HealthSignals a health message carries: itself, or the signals of a HealthReport."""
+    return accepted.record["signals"] if accepted.name == "HealthReport" else [accepted.record]
+
+
 async def _signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted,
                   folds: dict[str, tuple[Any, list[dict]]], event: Any) -> None:
+    """Archive one HealthSignal or HealthReport and queue its signals for folding; a report with a
+    layer the topology does not know is dead-lettered whole."""
     record = accepted.record
-    topology = ctx.topologies.get(record["model_id"])
-    if record["layer_name"] not in layer_names_of(record["model_id"], topology):
-        await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_layer", f"layer {record['layer_name']!r} "
-                                            f"is not in the topology of {record['model_id']!r}"))
-        return
+    model_id = record["model_id"]
+    known = layer_names_of(model_id, ctx.topologies.get(model_id))
+    signals = signals_of(accepted)
+    for signal in signals:
+        if signal["layer_name"] not in known:
+            await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_layer", f"layer {signal['layer_name']!r} "
+                                                f"is not in the topology of {model_id!r}"))
+            return
     await archive(outbox, ctx.settings.topics.experience, accepted.name, accepted.raw)
     ctx.counters.archived += 1
-    ctx.counters.health_signals += 1
-    folds.setdefault(record["model_id"], (event, []))[1].append(record)
+    ctx.counters.health_signals += len(signals)
+    folds.setdefault(model_id, (event, []))[1].extend(signals)
 
 
 def window_at(ctx: WorkerContext, timestamp_s: float) -> Any:

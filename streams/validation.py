@@ -52,6 +52,18 @@ def _health_signal(r: dict[str, Any]) -> None:
         raise ValidationError("validation", f"{len(r['seed_states'])} seed_states for total_seeds={r['total_seeds']}")
 
 
+def _health_report(r: dict[str, Any]) -> None:
+    _non_empty(r, "model_id", "run_id", "signals")
+    for i, signal in enumerate(r["signals"]):
+        if signal["model_id"] != r["model_id"] or signal["run_id"] != r["run_id"]:
+            raise ValidationError("validation", f"signal {i} is for {signal['model_id']!r} run {signal['run_id']!r}, "
+                                                f"the report for {r['model_id']!r} run {r['run_id']!r}")
+        try:
+            _health_signal(signal)
+        except ValidationError as exc:
+            raise ValidationError("validation", f"signal {i} ({signal['layer_name']!r}): {exc.reason}") from None
+
+
 def _topology(r: dict[str, Any]) -> None:
     _non_empty(r, "model_id", "run_id", "layers")
     names = [layer["name"] for layer in r["layers"]]
@@ -85,6 +97,7 @@ def _command(r: dict[str, Any]) -> None:
 
 VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
     "HealthSignal": _health_signal,
+    "HealthReport": _health_report,
     "ModelTopology": _topology,
     "EpochOutcome": _epoch_outcome,
     "CommandOutcome": _command_outcome,

@@ -53,6 +53,14 @@ class DemoOptions:
     worker_ready_timeout_s: float = 180.0
 
 
+def _report_size(value: bytes) -> int:
+    """How many HealthSignals a HealthReport carries (0 when it does not decode)."""
+    try:
+        return len(decode(value).value["signals"])
+    except DecodeError:
+        return 0
+
+
 class Tally(threading.Thread):
     """Tails the experience and dead-letter topics from given offsets and counts what it sees."""
 
@@ -68,6 +76,7 @@ class Tally(threading.Thread):
         self.last_decision_ms = 0
         self.dead_letters = 0
         self.total = 0
+        self.signals = 0  # HealthSignals, alone or in HealthReports
         self.last_change = time.monotonic()
         self._halt = threading.Event()
 
@@ -95,6 +104,10 @@ class Tally(threading.Thread):
         self.total += 1
         kind = header(message, TYPE_HEADER) or "unknown"
         self.types[kind] += 1
+        if kind == "HealthReport":
+            self.signals += _report_size(message.value())
+        elif kind == "HealthSignal":
+            self.signals += 1
         if kind in ("ModelTopology", "DecisionRecord", "CommandOutcome"):
             try:
                 record = decode(message.value()).value
@@ -116,7 +129,8 @@ class Tally(threading.Thread):
     def summary(self) -> dict[str, Any]:
         return {
             "models": len(self.models),
-            "health_signals": self.types["HealthSignal"],
+            "health_signals": self.signals,
+            "health_messages": self.types["HealthReport"] + self.types["HealthSignal"],
             "decisions": self.types["DecisionRecord"],
             "commands_sent": self.types["AdaptationCommand"],
             "commands_applied": self.applied,

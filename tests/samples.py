@@ -10,6 +10,17 @@ SAMPLES: dict[str, dict] = {
         "execution_latency_ms": 0.4, "error_count": 0, "active_seeds": 1, "total_seeds": 2,
         "seed_states": ["TRAINING", "DORMANT"],
     },
+    "HealthReport": {
+        "model_id": "m-1", "run_id": "run-1",
+        "signals": [
+            {"model_id": "m-1", "run_id": "run-1", "layer_name": name, "epoch": 3, "step": 120,
+             "timestamp_ms": 1_700_000_000_000, "health_score": 0.8, "activation_variance": 0.5,
+             "dead_neuron_ratio": 0.1, "avg_correlation": 0.2, "gradient_norm": 0.03,
+             "execution_latency_ms": 0.4, "error_count": 0, "active_seeds": 1, "total_seeds": 2,
+             "seed_states": ["TRAINING", "DORMANT"]}
+            for name in ("layers.0", "layers.1")
+        ],
+    },
     "ModelTopology": {
         "model_id": "m-1", "run_id": "run-1", "timestamp_ms": 1_700_000_000_000,
         "layers": [

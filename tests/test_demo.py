@@ -10,7 +10,7 @@ import pytest
 from tamiyo.config import Settings
 from tamiyo.demo import DemoOptions, bad_messages, run_demo
 
-SUMMARY_KEYS = {"models", "health_signals", "decisions", "commands_sent", "commands_applied",
+SUMMARY_KEYS = {"models", "health_signals", "health_messages", "decisions", "commands_sent", "commands_applied",
                 "experience_records", "dead_letters"}
 
 
@@ -21,7 +21,8 @@ def check_summary(summary: dict, path: Path, bad: int) -> None:
     assert summary["models"] >= 2
     assert summary["commands_applied"] > 0
     assert summary["decisions"] > 0 and summary["commands_sent"] > 0
-    assert summary["experience_records"] >= summary["health_signals"] + summary["decisions"]
+    assert summary["experience_records"] >= summary["health_messages"] + summary["decisions"]
+    assert summary["health_signals"] >= 2 * summary["health_messages"] > 0  # hosts send HealthReports
     assert summary["dead_letters"] == bad
 
 

@@ -2,9 +2,10 @@
 
 A paced load generator plays ``models`` simulated models against one worker serving the GNN policy
 (``TAMIYO_POLICY=untrained``: same network and code path as a champion). Every model runs an epoch
-every ``epoch_s`` seconds, staggered over the interval: one round of HealthSignals (one per layer)
-half-way, another round and then the EpochOutcome at the end. So 1,000 models mean 2,400 signals/s
-and 100 decisions/s with topology, signals and table state present for all of them.
+every ``epoch_s`` seconds, staggered over the interval: one HealthReport (a HealthSignal per layer,
+as hosts send them) half-way, another and then the EpochOutcome at the end. So 1,000 models mean
+200 reports/s (~2,400 signals/s) and 100 decisions/s with topology, signals and table state
+present for all of them.
 
 Latency of one decision = the command record's Kafka timestamp (set by the worker's producer when
 it appends the command) minus the outcome record's Kafka timestamp (set by the generator when it
@@ -33,6 +34,7 @@ class DecisionConfig:
     small_epochs_per_run: int = 2
     runs: int = 3
     policy: str = "untrained"
+    reports: bool = True  # HealthReports as hosts send them; False: one HealthSignal per message
 
 
 class CommandCollector(threading.Thread):
@@ -71,7 +73,8 @@ class CommandCollector(threading.Thread):
 class LoadGenerator:
     """Plays the models' epochs at their staggered times; remembers when each outcome was produced."""
 
-    def __init__(self, settings: Any, models: list[Any], epoch_s: float) -> None:
+    def __init__(self, settings: Any, models: list[Any], epoch_s: float, reports: bool = True) -> None:
+        self.reports = reports
         from streams.kafka.clients import make_producer
 
         self.settings = settings
@@ -100,8 +103,13 @@ class LoadGenerator:
                     time.sleep(delay)
                 model = self.models[i]
                 key = model.model_id.encode()
-                for signal in model.health_signals():
-                    self.producer.produce(topics.health, encode("HealthSignal", signal), key)
+                signals = model.health_signals()
+                if self.reports:
+                    report = {"model_id": model.model_id, "run_id": model.run_id, "signals": signals}
+                    self.producer.produce(topics.health, encode("HealthReport", report), key)
+                else:
+                    for signal in signals:
+                        self.producer.produce(topics.health, encode("HealthSignal", signal), key)
                 if kind == 0:
                     outcome = model.end_epoch()
                     ms = int(time.time() * 1000)
@@ -112,7 +120,7 @@ class LoadGenerator:
 
 
 def latency_runs(env: BenchEnv, models: int, epoch_s: float, epochs_per_run: int, runs: int,
-                 policy: str, label: str, straggler_s: float = 30.0) -> dict[str, Any]:
+                 policy: str, label: str, straggler_s: float = 30.0, reports: bool = True) -> dict[str, Any]:
     settings = env.settings(partitions=4)
     sims = simulated_models(models, seed=1)
     from schemas import encode
@@ -125,7 +133,7 @@ def latency_runs(env: BenchEnv, models: int, epoch_s: float, epochs_per_run: int
                               TAMIYO_CONFIDENCE_THRESHOLD="0", TAMIYO_LOG_LEVEL="info")
     collector = CommandCollector(settings)
     collector.start()
-    generator = LoadGenerator(settings, sims, epoch_s)
+    generator = LoadGenerator(settings, sims, epoch_s, reports)
     try:
         progress(f"  {label}: warm-up epoch ({models} models, one epoch every {epoch_s:.0f}s each)")
         generator.play(1, tag=-1)
@@ -192,7 +200,8 @@ def bench_decision(env: BenchEnv, results: Results, cfg: DecisionConfig) -> None
         names = (f"decision_latency_p50_ms{suffix}", f"decision_latency_p99_ms{suffix}")
         target = Target("<=", 50)
         try:
-            out = latency_runs(env, models, cfg.epoch_s, epochs, cfg.runs, cfg.policy, f"decisions ({models} models)")
+            out = latency_runs(env, models, cfg.epoch_s, epochs, cfg.runs, cfg.policy, f"decisions ({models} models)",
+                               reports=cfg.reports)
         except Exception as exc:  # one scenario failing must not lose the other
             for name in names:
                 results.skip(name, f"{models} models: {type(exc).__name__}: {exc}"[:400],
@@ -204,6 +213,7 @@ def bench_decision(env: BenchEnv, results: Results, cfg: DecisionConfig) -> None
         extra = dict(models=models, epoch_every_s=cfg.epoch_s, policy=cfg.policy,
                      signals_per_s=round(models * 2 * 12 / cfg.epoch_s),  # ~12 layers on average
                      decisions_per_s=round(models / cfg.epoch_s, 1),
+                     health_data="HealthReports" if cfg.reports else "one HealthSignal per message",
                      commands_per_outcome=round(commands / max(outcomes, 1), 3), samples=commands,
                      runs_without_commands=sum(1 for r in runs if not r["commands"]),
                      arrival_p50_ms=[round(r["arrival_p50"], 2) for r in runs],

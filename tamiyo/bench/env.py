@@ -159,6 +159,7 @@ class SignalSource:
                                          for m in self.models]
 
     def signals(self, count: int) -> list[Record]:
+        """``count`` HealthSignals, one message each (how hosts sent them before HealthReports)."""
         from schemas import encode
 
         out: list[Record] = []
@@ -167,6 +168,23 @@ class SignalSource:
                 key = m.model_id.encode()
                 out.extend((key, encode("HealthSignal", s)) for s in m.health_signals())
         return out[:count]
+
+    def reports(self, signals: int) -> tuple[list[Record], int]:
+        """HealthReports (one message per model and round, one signal per layer, as hosts send them)
+        carrying at least ``signals`` signals; returns them and the exact number of signals."""
+        from schemas import encode
+
+        out: list[Record] = []
+        carried = 0
+        while carried < signals:
+            for m in self.models:
+                round_ = m.health_signals()
+                out.append((m.model_id.encode(), encode("HealthReport", {"model_id": m.model_id, "run_id": m.run_id,
+                                                                         "signals": round_})))
+                carried += len(round_)
+                if carried >= signals:
+                    break
+        return out, carried
 
 
 def simulated_models(count: int, seed: int = 0, epochs_per_run: int = 1000) -> list[Any]:

@@ -1,15 +1,18 @@
 """Ingest throughput: raw broker consumption, one Tamiyo worker, a naive Faust agent, two workers.
 
-Data: HealthSignals of 1,000 simulated models (8–16 layers each; ``SignalSource``), produced as a
-backlog onto a fresh health topic after the models' topologies.
+Data: HealthReports of 1,000 simulated models (8–16 layers each, one report per model and round
+carrying a HealthSignal per layer, as hosts send them; ``SignalSource``), produced as a backlog onto
+a fresh health topic after the models' topologies. Rates are in signals per second.
 
 * ``broker_consume_per_s``: aiokafka reading such a backlog, nothing else (the limit).
 * ``ingest_signals_per_s``: ``tamiyo worker`` processes (decode, validate, windowed graph table,
   archive to experience). One worker process serves all runs; each run produces a fresh backlog
   and measures the worker's own progress, the experience topic's end offsets, between 10 % and 90 %
   of that backlog (so group join and the drain tail are outside the window).
-* ``naive_faust_per_s``: ``tamiyo.bench.naive_app`` (decode, one table write, one awaited
-  ``topic.send`` per event); its output topic's offsets over a fixed window per run.
+* ``naive_faust_per_s``: ``tamiyo.bench.naive_app`` on the same HealthReports (decode; per signal one
+  table write and one awaited ``topic.send``); its output topic's offsets over a fixed window per run.
+* ``ingest_single_signals_per_s``: the worker fed one HealthSignal per message (hosts before
+  HealthReports), which Faust's per-event cost bounds.
 * ``scaleout_two_workers_per_s``: as ingest, with two worker processes in one consumer group.
 * ``faust_delivery_ceiling_per_s``: a Faust agent that only counts events (``take_events``), i.e.
   what Faust's per-event delivery allows on this machine before any Tamiyo code runs.
@@ -92,10 +95,20 @@ def bench_broker_consume(env: BenchEnv, results: Results, cfg: IngestConfig) -> 
 # --------------------------------------------------------------------------- workers
 
 
+def backlog(src: SignalSource, signals: int, reports: bool) -> tuple[list, int]:
+    """A fresh backlog of about ``signals`` signals: HealthReports (as hosts send them) or one
+    HealthSignal per message. Returns the messages and the signals they carry."""
+    if reports:
+        return src.reports(signals)
+    messages = src.signals(signals)
+    return messages, len(messages)
+
+
 def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str,
-                 cpu_us: list[float] | None = None) -> list[float]:
+                 cpu_us: list[float] | None = None, reports: bool = True) -> list[float]:
     """Signals/s of ``workers`` worker processes, one fresh backlog per run (see the module docstring).
-    ``cpu_us`` receives the workers' CPU microseconds per signal of each run."""
+    ``cpu_us`` receives the workers' CPU microseconds per signal of each run. The experience topic
+    counts messages; a run's message rate times its backlog's signals per message is its signal rate."""
     cpu_us = cpu_us if cpu_us is not None else []
     src = source_for(cfg.models)
     settings = env.settings(partitions=cfg.partitions)
@@ -108,10 +121,11 @@ def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str,
         archived = 0
         expected = len(src.topologies)  # every valid message is archived, topologies included
         for run in range(cfg.runs):
-            signals = src.signals(cfg.signals)
+            messages, carried = backlog(src, cfg.signals, reports)
+            per_message = carried / len(messages)
             archived = watch.sample()
-            produce(settings, settings.topics.health, signals)
-            expected += len(signals)
+            produce(settings, settings.topics.health, messages)
+            expected += len(messages)
             watch.reset()
             samples = watch_until(watch, expected, cfg.timeout_s, alive=lambda: all(p.alive() for p in procs),
                                   label=f"{label} archived")
@@ -119,12 +133,13 @@ def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str,
                 raise RuntimeError(f"{label}: {samples[-1][1] - archived:,} of {expected - archived:,} archived in "
                                    f"{cfg.timeout_s:.0f}s; worker log:\n{procs[0].log_tail()}")
             shifted = [(t, n - archived) for t, n in samples]
-            rates.append(steady_rate(shifted, expected - archived))
+            rates.append(steady_rate(shifted, expected - archived) * per_message)
             cpu = cpu_per_record(watch, expected - archived, offset=archived)
             if cpu is not None:
-                cpu_us.append(cpu)
+                cpu_us.append(cpu / per_message)
             progress(f"  {label} run {run + 1}/{cfg.runs}: {rates[-1]:,.0f} signals/s"
-                     + (f", {cpu:.0f} worker CPU-us per signal" if cpu is not None else ""))
+                     + (f" ({per_message:.1f} per message)" if reports else "")
+                     + (f", {cpu_us[-1]:.0f} worker CPU-us per signal" if cpu is not None else ""))
     finally:
         watch.close()
         for p in procs:
@@ -140,12 +155,25 @@ def bench_ingest(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
                     note="worker process CPU time per signal in the measured window (robust to other load)")
     results.add("ingest_signals_per_s", values, "signals/s", Target(">=", 20_000), per_run=[round(v) for v in values],
                 signals_per_run=cfg.signals, models=cfg.models, partitions=cfg.partitions, workers=1,
-                measured="experience-topic end offsets, 10%..90% of each backlog")
+                data="HealthReports (one message per model and round, 8-16 signals)",
+                measured="experience-topic end offsets, 10%..90% of each backlog, x signals per message")
     _ratio(results)
 
 
+def bench_ingest_single(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
+    """The same worker fed one HealthSignal per message (hosts before HealthReports): bound by Faust's
+    per-event cost (see faust_delivery_ceiling_per_s)."""
+    cpu: list[float] = []
+    values = worker_rates(env, cfg, 1, "ingest single signals (1 worker)", cpu, reports=False)
+    if cpu:
+        results.add("ingest_single_worker_cpu_us_per_signal", cpu, "CPU-us/signal")
+    results.add("ingest_single_signals_per_s", values, "signals/s", per_run=[round(v) for v in values],
+                signals_per_run=cfg.signals, models=cfg.models, partitions=cfg.partitions, workers=1,
+                data="one HealthSignal per message")
+
+
 def bench_scaleout(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
-    values = worker_rates(env, cfg, 2, "ingest (2 workers)")
+    values = worker_rates(env, cfg, 2, "ingest (2 workers)")  # HealthReports, as for one worker
     extra: dict[str, Any] = {}
     one = results.metrics.get("ingest_signals_per_s")
     if one:
@@ -157,9 +185,12 @@ def bench_scaleout(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
 # --------------------------------------------------------------------------- Faust baselines
 
 
-def _app_rates(env: BenchEnv, cfg: IngestConfig, module: str, backlog: int, watch_of: Any, label: str,
-               window_s: float | None, extra_env: dict[str, str] | None = None) -> list[float]:
-    """Runs of a Faust app module on fresh backlogs; ``watch_of(settings)`` samples its progress."""
+def _app_rates(env: BenchEnv, cfg: IngestConfig, module: str, size: int, watch_of: Any, label: str,
+               window_s: float | None, extra_env: dict[str, str] | None = None,
+               reports: bool = False) -> list[float]:
+    """Runs of a Faust app module on fresh backlogs of ``size`` signals (HealthReports or one signal
+    per message); ``watch_of(settings)`` samples its progress in what the app counts (signals for
+    the naive app, messages for the ceiling)."""
     src = source_for(cfg.models)
     settings = env.settings(partitions=cfg.partitions)
     watch = watch_of(settings)
@@ -169,10 +200,12 @@ def _app_rates(env: BenchEnv, cfg: IngestConfig, module: str, backlog: int, watc
         expected = 0
         for run in range(cfg.runs):
             start = watch.sample()
-            produce(settings, settings.topics.health, src.signals(backlog))
-            expected += backlog
+            messages, carried = backlog(src, size, reports)
+            produce(settings, settings.topics.health, messages)
+            work = carried if reports else len(messages)
+            expected += work
             deadline = time.monotonic() + cfg.timeout_s
-            while watch.sample() < start + min(500, backlog // 10):  # first run: group join
+            while watch.sample() < start + min(500, work // 10):  # first run: group join
                 if not proc.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"{label} made no progress:\n{proc.log_tail()}")
                 time.sleep(0.2)
@@ -180,7 +213,7 @@ def _app_rates(env: BenchEnv, cfg: IngestConfig, module: str, backlog: int, watc
             samples = watch_until(watch, expected, window_s or cfg.timeout_s, alive=proc.alive, label=label)
             if window_s is None:
                 shifted = [(t, n - start) for t, n in samples]
-                rates.append(steady_rate(shifted, backlog))
+                rates.append(steady_rate(shifted, work))
             else:
                 rates.append(steady_rate(samples, expected, lo=0.0, hi=1.0))
                 # Let it drain before the next backlog, so runs do not overlap.
@@ -207,9 +240,10 @@ def bench_naive(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
 
     # Each run: a fresh backlog, measured over naive_window_s seconds, then drained.
     values = _app_rates(env, cfg, "tamiyo.bench.naive_app", cfg.naive_signals // cfg.runs, sink_watch,
-                        "naive faust", window_s=cfg.naive_window_s)
+                        "naive faust", window_s=cfg.naive_window_s, reports=True)
     results.add("naive_faust_per_s", values, "signals/s", partitions=cfg.partitions, per_run=[round(v) for v in values],
-                agent="decode + table write + awaited topic.send per event")
+                agent="decode + per signal: table write + awaited topic.send",
+                data="the same HealthReports as ingest_signals_per_s")
     _ratio(results)
 
 

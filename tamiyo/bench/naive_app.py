@@ -1,8 +1,8 @@
-"""The naive Faust baseline: per event one decode, one table write and one awaited ``topic.send``.
+"""The naive Faust baseline: per signal one table write and one awaited ``topic.send``.
 
 Run as ``python -m tamiyo.bench.naive_app`` with the worker's environment (KAFKA_BOOTSTRAP_SERVERS,
 TAMIYO_TOPIC_PREFIX, TAMIYO_DATA_DIR, TAMIYO_PARTITIONS). Reads ``<prefix>.health`` and copies every
-decoded signal's bytes to ``<prefix>.naive-out`` (the benchmark counts that topic).
+decoded signal (alone, or each of a HealthReport's) to ``<prefix>.naive-out`` (the benchmark counts that topic).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import faust
 
-from schemas import DecodeError, decode
+from schemas import DecodeError, decode, encode
 from tamiyo.config import Settings
 
 OUT_SUFFIX = "naive-out"
@@ -43,11 +43,17 @@ def create_naive_app(settings: Settings) -> faust.App:
     async def naive(stream):  # type: ignore[no-untyped-def]
         async for key, value in stream.items():
             try:
-                record = decode(value).value
+                decoded = decode(value)
             except DecodeError:
                 continue
-            latest[record["model_id"]] = {"layer": record["layer_name"], "health": record["health_score"]}
-            await sink.send(key=key, value=value)
+            if decoded.name == "HealthSignal":
+                signals, values = [decoded.value], [value]
+            else:  # a HealthReport: the naive pattern handles its signals one by one
+                signals = decoded.value["signals"]
+                values = [encode("HealthSignal", s) for s in signals]
+            for record, signal_bytes in zip(signals, values):
+                latest[record["model_id"]] = {"layer": record["layer_name"], "health": record["health_score"]}
+                await sink.send(key=key, value=signal_bytes)
 
     return app
 

@@ -1,7 +1,7 @@
 """``tamiyo bench``: run the benchmarks in one go and write results.json + results.md.
 
 Order: CPU-only benchmarks first (no broker running), then one broker for all Kafka benchmarks.
-``only`` picks benchmarks by group name (``policy``, ``replay``, ``broker``, ``ingest``, ``naive``,
+``only`` picks benchmarks by group name (``policy``, ``replay``, ``broker``, ``ingest``, ``ingest_single``, ``naive``,
 ``ceiling``, ``decision``, ``scaleout``, ``learning``) or by metric name.
 """
 
@@ -23,6 +23,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "policy_batched": ("policy_batched_graphs_per_s", "pyg_batch_baseline_graphs_per_s", "policy_batched_vs_pyg_ratio"),
     "broker": ("broker_consume_per_s",),
     "ingest": ("ingest_signals_per_s", "ingest_worker_cpu_us_per_signal"),
+    "ingest_single": ("ingest_single_signals_per_s", "ingest_single_worker_cpu_us_per_signal"),
     "naive": ("naive_faust_per_s", "ingest_vs_naive_ratio"),
     "ceiling": ("faust_delivery_ceiling_per_s",),
     "decision": ("decision_latency_p50_ms", "decision_latency_p99_ms", "decision_latency_p50_ms_100",
@@ -224,6 +225,7 @@ def run_bench(out_path: str | Path, only: list[str] | None = None, config: Bench
             table: dict[str, Callable[[], None]] = {
                 "broker": lambda: ingest.bench_broker_consume(env, results, config.ingest),
                 "ingest": lambda: ingest.bench_ingest(env, results, config.ingest),
+                "ingest_single": lambda: ingest.bench_ingest_single(env, results, config.ingest),
                 "naive": lambda: ingest.bench_naive(env, results, config.ingest),
                 "ceiling": lambda: ingest.bench_ceiling(env, results, config.ingest),
                 "decision": lambda: decision.bench_decision(env, results, config.decision),

@@ -15,7 +15,8 @@ Record = tuple[str, str, dict[str, Any]]  # (topic, record name, value)
 
 
 class Tail:
-    """Every message of ``topics`` since the beginning; each must decode (else the test fails)."""
+    """Every message of ``topics`` since the beginning; each must decode (else the test fails).
+    A HealthReport is recorded, and so is each HealthSignal in it."""
 
     def __init__(self, settings: Settings, topics: list[str]) -> None:
         self.consumer = make_consumer(settings)
@@ -34,6 +35,8 @@ class Tail:
             decoded = decode(message.value())  # raises on anything undecodable
             self.keys_ok &= message.key() == decoded.value["model_id"].encode()
             self.records.append((message.topic(), decoded.name, decoded.value))
+            if decoded.name == "HealthReport":  # its signals count as HealthSignals too
+                self.records += [(message.topic(), "HealthSignal", s) for s in decoded.value["signals"]]
 
     def wait_for(self, predicate: Callable[[Record], bool], count: int = 1, timeout: float = 30.0) -> list[Record]:
         deadline = time.monotonic() + timeout

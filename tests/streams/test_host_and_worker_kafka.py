@@ -33,9 +33,13 @@ def test_host_applies_commands_and_every_message_is_archived(topics_ready, start
     assert stats.commands_applied >= 1, stats
 
     produced: Counter = Counter()
+    signals = 0
     for topic in (topics.topology, topics.health, topics.outcomes, topics.commands):
         for message in read_topic(settings, topic, idle_timeout=2.0):
-            produced[decode(message.value()).name] += 1
+            decoded = decode(message.value())
+            produced[decoded.name] += 1
+            if decoded.name == "HealthReport":
+                signals += len(decoded.value["signals"])
 
     def archived() -> tuple[Counter, list[dict]]:
         kinds: Counter = Counter()
@@ -54,7 +58,7 @@ def test_host_applies_commands_and_every_message_is_archived(topics_ready, start
         time.sleep(1.0)
         kinds, decisions = archived()
     assert worker.alive()
-    assert produced["HealthSignal"] == stats.health_signals
+    assert produced["HealthReport"] == stats.health_reports and signals == stats.health_signals > 0
     assert produced["ModelTopology"] == stats.topologies
     # Every message of every topic is on the experience topic (at least once), plus one decision per epoch.
     for name, count in produced.items():

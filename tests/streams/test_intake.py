@@ -68,3 +68,40 @@ def test_outcome_and_command_ranges() -> None:
     with pytest.raises(ValidationError):
         validate("AdaptationCommand", dict(SAMPLES["AdaptationCommand"], probability=1.2))
     validate("CommandOutcome", SAMPLES["CommandOutcome"])  # valid: no exception
+
+
+def report(signal_changes: dict | None = None, **changes: object) -> bytes:
+    record = dict(SAMPLES["HealthReport"], **changes)
+    if signal_changes is not None:
+        record["signals"] = [record["signals"][0], dict(record["signals"][1], **signal_changes)]
+    return encode("HealthReport", record)
+
+
+def test_valid_report_is_accepted_with_its_signals() -> None:
+    result = accept(raw(report()), HEALTH | {"HealthReport"}, 10_000)
+    assert isinstance(result, Accepted) and result.name == "HealthReport"
+    assert [s["layer_name"] for s in result.record["signals"]] == ["layers.0", "layers.1"]
+
+
+@pytest.mark.parametrize("value,reason", [
+    (report(signal_changes={"health_score": float("nan")}), "signal 1 ('layers.1'): health_score is nan"),
+    (report(signal_changes={"model_id": "m-2"}), "signal 1 is for 'm-2'"),
+    (report(signal_changes={"run_id": "run-0"}), "run 'run-0'"),
+    (report(signals=[]), "signals is empty"),
+])
+def test_a_report_with_one_bad_signal_is_rejected_whole(value: bytes, reason: str) -> None:
+    result = accept(raw(value), HEALTH | {"HealthReport"}, 10_000)
+    assert isinstance(result, Rejected) and result.kind == "validation"
+    assert reason in result.reason, result.reason
+
+
+def test_report_schema_carries_the_current_health_signal_schema() -> None:
+    """HealthReport.avsc repeats HealthSignal.avsc inline (no schema references): they must not drift."""
+    import json
+
+    from schemas.codec import SCHEMA_DIR
+
+    signal_schema = json.loads((SCHEMA_DIR / "HealthSignal.avsc").read_text())
+    report_schema = json.loads((SCHEMA_DIR / "HealthReport.avsc").read_text())
+    items = next(f for f in report_schema["fields"] if f["name"] == "signals")["type"]["items"]
+    assert items == signal_schema

@@ -33,6 +33,11 @@ def signals(model_id: str, epoch: int, sick: str = "layers.2", layers: int = 4) 
                  health_score=0.05 if f"layers.{i}" == sick else 0.95) for i in range(layers)]
 
 
+def report(model_id: str, epoch: int) -> dict:
+    """The same signals as one HealthReport."""
+    return {"model_id": model_id, "run_id": "run-1", "signals": signals(model_id, epoch)}
+
+
 def outcome(model_id: str, epoch: int) -> dict:
     return dict(SAMPLES["EpochOutcome"], model_id=model_id, epoch=epoch, timestamp_ms=int(time.time() * 1000))
 
@@ -52,8 +57,9 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
     models = ["m-a", "m-b", "m-c"]
     produce_records(settings, topics.topology, "ModelTopology", [topology(m) for m in models])
     time.sleep(0.5)
-    for m in models:
+    for m in models[:2]:  # one message per signal (older hosts) ...
         produce_records(settings, topics.health, "HealthSignal", signals(m, epoch=1))
+    produce_records(settings, topics.health, "HealthReport", [report("m-c", epoch=1)])  # ... or one per step
     produce_records(settings, topics.outcomes, "EpochOutcome", [outcome(m, 1) for m in models])
 
     experience.wait_for(lambda ms: len(decisions_in(ms)) >= 3, timeout=90, alive=worker.alive)
@@ -73,10 +79,15 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
 
     # Garbage on the health topic is dead-lettered with its origin; the next valid input still works.
     produce(settings, topics.health, [(b"m-a", b"\x00garbage\xff" * 3)])
-    produce_records(settings, topics.health, "HealthSignal", signals("m-a", epoch=2))
+    # A report naming a layer the topology lacks is dead-lettered whole (none of its signals is folded).
+    unknown = report("m-a", epoch=2)
+    unknown["signals"][3]["layer_name"] = "layers.9"
+    produce_records(settings, topics.health, "HealthReport", [unknown])
+    produce_records(settings, topics.health, "HealthReport", [report("m-a", epoch=2)])
     produce_records(settings, topics.outcomes, "EpochOutcome", [outcome("m-a", 2)])
-    dead = deadletter.wait_for(lambda ms: len(ms) >= 1, timeout=60, alive=worker.alive)
-    letter = decode(dead[0].value()).value
+    dead = deadletter.wait_for(lambda ms: len(ms) >= 2, timeout=60, alive=worker.alive)
+    letter, layer_letter = (decode(m.value()).value for m in sorted(dead, key=lambda m: m.offset()))
+    assert layer_letter["error_kind"] == "unknown_layer" and "'layers.9'" in layer_letter["reason"]
     assert letter["source_topic"] == topics.health
     assert letter["error_kind"] == "bad_header" and "c301" in letter["reason"]
     assert letter["value"] == b"\x00garbage\xff" * 3 and letter["offset"] >= 0
@@ -91,7 +102,8 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
                         timeout=30)
     kinds = [header(m, TYPE_HEADER) for m in experience.messages]
     assert kinds.count("ModelTopology") == 3
-    assert kinds.count("HealthSignal") == 3 * 4 + 4
+    assert kinds.count("HealthSignal") == 2 * 4
+    assert kinds.count("HealthReport") == 2  # m-c at epoch 1, m-a at epoch 2 (not the dead-lettered one)
     assert kinds.count("EpochOutcome") == 4
     assert worker.alive()
     for collector in (experience, commands, deadletter):
