@@ -24,6 +24,8 @@ class Counters:
     dead_letters: int = 0
     archived: int = 0
     skipped_no_topology: int = 0
+    signal_waits: int = 0  # epoch outcomes that arrived before their epoch's signals were folded
+    signal_wait_timeouts: int = 0  # of those, decided at TAMIYO_SIGNAL_WAIT_SECONDS without them all
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

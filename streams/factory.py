@@ -8,6 +8,7 @@ import faust
 
 from streams import archive, policy_agent, telemetry
 from streams.context import WorkerContext
+from streams.faust_compat import install_fetch_max_wait
 from streams.faust_seek import install_seek_guard
 from streams.kafka.clients import use_wire_format
 from streams.metrics import WorkerMetrics
@@ -31,6 +32,7 @@ def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[
     """Build the app and its agents for one configuration (unique topic prefixes → separate apps)."""
     use_wire_format(settings, write=True)  # registers the schemas before any agent encodes
     install_seek_guard()  # before any consumer exists: Faust's post-rebalance seek loses messages without it
+    install_fetch_max_wait(settings.fetch_max_wait_ms)
     fetch_bytes = max(settings.max_message_bytes * 2, 1_048_576)
     app = faust.App(
         f"{settings.topic_prefix}-worker",

@@ -127,7 +127,10 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
     candidates = ctx.waiting_for_signals.models() if sweep else [m for m in touched if m in ctx.waiting_for_signals]
     for model_id in candidates:
         for deadline, (record, event) in ctx.waiting_for_signals.release(model_id):
-            if deadline <= now or (model_id in touched and _signals_arrived(ctx, record)):
+            if model_id in touched and _signals_arrived(ctx, record):
+                waited_out.append((record, event, None, True))
+            elif deadline <= now:
+                ctx.counters.signal_wait_timeouts += 1
                 waited_out.append((record, event, None, True))
             else:
                 ctx.waiting_for_signals.park(model_id, (record, event), deadline=deadline)
@@ -144,6 +147,7 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
                 ctx.counters.skipped_no_topology += 1
             continue
         if not waited and not _signals_arrived(ctx, record) and ctx.waiting_for_signals.park(model_id, (record, event)):
+            ctx.counters.signal_waits += 1
             continue
         item = _prepare(ctx, record, cfg, due.get(model_id))
         if item is not None:

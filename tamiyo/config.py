@@ -170,6 +170,7 @@ class Settings:
     window_close_trigger: str = "on"
     window_close_grace_seconds: float = 2.0
     broker_session_timeout: float = 10.0
+    fetch_max_wait_ms: int = 20
     dead_letter_value_bytes: int = 65_536
     mlflow_tracking_uri: str = ""
     registered_model: str = "tamiyo-policy"
@@ -205,6 +206,7 @@ class Settings:
             window_close_trigger=_env("TAMIYO_WINDOW_CLOSE_TRIGGER", "on"),
             window_close_grace_seconds=_env_float("TAMIYO_WINDOW_CLOSE_GRACE_SECONDS", 2.0),
             broker_session_timeout=_env_float("TAMIYO_BROKER_SESSION_TIMEOUT", 10.0),
+            fetch_max_wait_ms=_env_int("TAMIYO_FETCH_MAX_WAIT_MS", 20),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
             registered_model=_env("TAMIYO_REGISTERED_MODEL", "tamiyo-policy"),
@@ -244,6 +246,8 @@ class Settings:
         self.schema_registry.validate()
         if self.broker_session_timeout <= 0:
             raise ValueError("TAMIYO_BROKER_SESSION_TIMEOUT must be > 0 (brokers accept >= 6 s by default)")
+        if self.fetch_max_wait_ms < 0:
+            raise ValueError("TAMIYO_FETCH_MAX_WAIT_MS must be >= 0")
 
     @property
     def topics(self) -> Topics:

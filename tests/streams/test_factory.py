@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,21 @@ def test_workers_seek_through_the_guard(tmp_path: Path) -> None:
     for name, method in (("perform_seek", Consumer.perform_seek), ("getmany", Consumer.getmany),
                          ("resume_flow", Consumer.resume_flow), ("_getmany", ThreadDelegateConsumer._getmany)):
         assert getattr(consumer, name) is method and method.__module__ == "streams.faust_seek", name
+
+
+def test_the_worker_consumer_long_polls_for_at_most_the_configured_wait(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust hard-codes a 1.5 s fetch wait; a fetch of idle partitions then stalls every busy one."""
+    monkeypatch.setenv("TAMIYO_FETCH_MAX_WAIT_MS", "35")
+    settings = Settings.from_env(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path)
+    app, _ = create_app(settings)
+
+    async def build() -> int:  # built, never started (aiokafka wants a running loop)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        await consumer.stop()
+        return consumer._fetch_max_wait_ms
+
+    assert settings.fetch_max_wait_ms == 35 and asyncio.run(build()) == 35
+    assert Settings().fetch_max_wait_ms == 20  # the documented default
+    with pytest.raises(ValueError, match="TAMIYO_FETCH_MAX_WAIT_MS"):
+        Settings(fetch_max_wait_ms=-1).validate()
