@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from streams.factory import create_app
+from streams.gc_pauses import GcPauses, freeze_startup_heap
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings) -> int:
     """Block until SIGINT/SIGTERM; returns the exit code."""
     app, ctx = create_app(settings)
+    frozen = freeze_startup_heap()  # torch, Faust, the policy: never garbage, never walked again
+    pauses = GcPauses().install()
     if settings.metrics_port:
         ctx.metrics.serve(settings.metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
@@ -30,9 +33,14 @@ def run_worker(settings: Settings) -> int:
         if ctx.metrics is not None:
             ctx.metrics.observe_lag(await consumer_lag(app))
 
+    reports = [0]
+
     @app.timer(interval=10.0)
     async def report() -> None:
-        log.info("counters %s policy=%s", ctx.counters.as_dict(), ctx.policy.serving.version)
+        reports[0] += 1
+        if reports[0] == 1:  # what Faust built while starting (consumer, tables) lives as long
+            log.info("gc: %d objects frozen at start-up, %d after the first 10 s", frozen, freeze_startup_heap())
+        log.info("counters %s policy=%s %s", ctx.counters.as_dict(), ctx.policy.serving.version, pauses.take())
 
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     # At log level warn or above Faust installs a terminal spinner that sets the root logger to
