@@ -51,3 +51,21 @@ def test_the_worker_consumer_long_polls_for_at_most_the_configured_wait(tmp_path
     assert Settings().fetch_max_wait_ms == 20  # the documented default
     with pytest.raises(ValueError, match="TAMIYO_FETCH_MAX_WAIT_MS"):
         Settings(fetch_max_wait_ms=-1).validate()
+
+
+def test_table_changelogs_are_encoded_by_orjson_and_stay_plain_json() -> None:
+    """orjson is a dependency for speed; what it writes must read back the same with any JSON reader
+    (changelogs written before it, or by another worker version, are plain JSON too)."""
+    import json
+
+    from faust.utils import json as faust_json
+
+    from models.graph import update_layer_aggregate
+    from tests.samples import SAMPLES
+
+    assert faust_json.orjson is not None
+    aggregate = update_layer_aggregate(update_layer_aggregate(None, SAMPLES["HealthSignal"]),
+                                       dict(SAMPLES["HealthSignal"], health_score=float("nan"), timestamp_ms=2))
+    state = {"run_id": "run-1", "epoch": 3, "layers": {"layers.0": aggregate}}
+    encoded = faust_json.dumps(state)
+    assert isinstance(encoded, bytes) and json.loads(encoded) == state == faust_json.loads(json.dumps(state))
