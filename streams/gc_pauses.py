@@ -1,16 +1,19 @@
-"""The worker's garbage-collector pauses: measured, and kept short.
+"""The worker's pauses: garbage-collector pauses (measured, and kept short) and event-loop stalls.
 
 A worker holds a large, long-lived heap (torch, Faust, the policy network) that never becomes
 garbage, yet every full collection walks all of it while the event loop stands still: a pause in
 every decision made at that moment. ``freeze_startup_heap`` moves what exists after start-up into
 the permanent generation (``gc.freeze``), so later collections only walk what the worker allocated
-since. ``GcPauses`` times every collection (``gc.callbacks``) for the log and the metrics.
+since. ``GcPauses`` times every collection (``gc.callbacks``) and ``LoopStalls`` how late a short
+sleep wakes up; both are in the worker's periodic counters log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
+from typing import Callable
 
 
 class GcPauses:
@@ -49,6 +52,36 @@ class GcPauses:
         self.longest_ms = [0.0, 0.0, 0.0]
         self.count = [0, 0, 0]
         self.total_ms = 0.0
+        return out
+
+
+class LoopStalls:
+    """How late a 10 ms sleep wakes up: the longest stretch the event loop was busy elsewhere
+    (every decision due in that stretch waited for it)."""
+
+    TICK_S = 0.01
+
+    def __init__(self) -> None:
+        self.longest_ms = 0.0
+        self.over_20ms = 0
+        self.at = 0.0
+
+    def record(self, late_ms: float) -> None:
+        if late_ms > 20.0:
+            self.over_20ms += 1
+        if late_ms > self.longest_ms:
+            self.longest_ms, self.at = late_ms, time.time()
+
+    async def watch(self, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            started = time.perf_counter()
+            await asyncio.sleep(self.TICK_S)
+            self.record((time.perf_counter() - started - self.TICK_S) * 1000.0)
+
+    def take(self) -> dict[str, float]:
+        out = {"loop_stall_longest_ms": round(self.longest_ms, 1), "loop_stalls_over_20ms": self.over_20ms,
+               "loop_stall_at": round(self.at % 60, 2)}
+        self.longest_ms, self.over_20ms, self.at = 0.0, 0, 0.0
         return out
 
 

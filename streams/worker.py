@@ -9,7 +9,7 @@ from typing import Any
 import faust
 
 from streams.factory import create_app
-from streams.gc_pauses import GcPauses, freeze_startup_heap
+from streams.gc_pauses import GcPauses, LoopStalls, freeze_startup_heap
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,19 @@ def run_worker(settings: Settings) -> int:
             ctx.metrics.observe_lag(await consumer_lag(app))
 
     reports = [0]
+    stalls = LoopStalls()
+
+    @app.task
+    async def watch_loop() -> None:
+        await stalls.watch(lambda: app.should_stop)
 
     @app.timer(interval=10.0)
     async def report() -> None:
         reports[0] += 1
         if reports[0] == 1:  # what Faust built while starting (consumer, tables) lives as long
             log.info("gc: %d objects frozen at start-up, %d after the first 10 s", frozen, freeze_startup_heap())
-        log.info("counters %s policy=%s %s", ctx.counters.as_dict(), ctx.policy.serving.version, pauses.take())
+        log.info("counters %s policy=%s %s %s", ctx.counters.as_dict(), ctx.policy.serving.version, pauses.take(),
+                 stalls.take())
 
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     # At log level warn or above Faust installs a terminal spinner that sets the root logger to

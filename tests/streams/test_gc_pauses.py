@@ -1,4 +1,4 @@
-"""The worker's GC pause figures and start-up heap freeze."""
+"""The worker's GC pause and event-loop stall figures, and the start-up heap freeze."""
 
 from __future__ import annotations
 
@@ -29,3 +29,27 @@ def test_freezing_moves_the_live_heap_out_of_later_collections() -> None:
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_blocked_event_loop_is_seen_as_a_stall() -> None:
+    import asyncio
+    import time
+
+    from streams.gc_pauses import LoopStalls
+
+    stalls = LoopStalls()
+    done = False
+
+    async def main() -> None:
+        nonlocal done
+        watcher = asyncio.create_task(stalls.watch(lambda: done))
+        await asyncio.sleep(0.05)
+        time.sleep(0.08)  # blocks the loop, as a long synchronous step would
+        await asyncio.sleep(0.03)
+        done = True
+        await watcher
+
+    asyncio.run(main())
+    figures = stalls.take()
+    assert 60.0 <= figures["loop_stall_longest_ms"] < 1000.0 and figures["loop_stalls_over_20ms"] >= 1
+    assert stalls.take()["loop_stall_longest_ms"] == 0.0
