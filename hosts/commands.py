@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 
 class CommandLedger:
@@ -64,3 +64,22 @@ def check_command(command: dict[str, Any], model_id: str, run_id: str, run_start
         raise Rejected(f"decided before run {run_id} started (a command for an earlier run)")
     if not 0 <= int(command.get("epoch", -1)) < epoch:
         raise Rejected(f"epoch {command.get('epoch')} has not ended in run {run_id} (now in epoch {epoch})")
+
+
+def apply_once(ledger: CommandLedger, command: dict[str, Any], execute: Callable[[dict[str, Any]], int],
+               model_id: str, run_id: str, epoch: int, now_ms: int) -> dict[str, Any]:
+    """Apply ``command`` at most once per decision id and return its CommandOutcome: DUPLICATE when
+    the ledger has seen it, REJECTED when ``execute`` raises Rejected, else APPLIED with the
+    parameter delta ``execute`` returns (real and simulated hosts share this)."""
+    delta = 0
+    if not ledger.first_time(command["decision_id"]):
+        status, reason = "DUPLICATE", "decision already handled"
+    else:
+        try:
+            delta = execute(command)
+            status, reason = "APPLIED", ""
+        except Rejected as exc:
+            status, reason = "REJECTED", str(exc)
+    return {"decision_id": command["decision_id"], "model_id": model_id, "run_id": run_id,
+            "epoch": int(command.get("epoch", epoch)), "timestamp_ms": now_ms, "status": status,
+            "reason": reason, "parameter_delta": int(delta)}

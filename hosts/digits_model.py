@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from hosts.commands import CommandLedger, Rejected, check_command
+from hosts.commands import CommandLedger, apply_once, check_command
 from hosts.trainer import DigitsTrainer, EpochResult
 
 
@@ -98,19 +98,12 @@ class DigitsModel:
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         """Apply an AdaptationCommand at most once (by decision id), as ``tamiyo host`` does."""
         trainer = self._ensure_run()
-        delta = 0
-        if not self.ledger.first_time(command["decision_id"]):
-            status, reason = "DUPLICATE", "decision already handled"
-        else:
-            try:
-                check_command(command, self.model_id, self.run_id, self.run_start_ms, self.epoch)
-                delta = trainer.apply(command)
-                status, reason = "APPLIED", ""
-            except Rejected as exc:
-                status, reason = "REJECTED", str(exc)
-        return {"decision_id": command["decision_id"], "model_id": self.model_id, "run_id": self.run_id,
-                "epoch": int(command.get("epoch", self.epoch)), "timestamp_ms": self._now_ms(), "status": status,
-                "reason": reason, "parameter_delta": int(delta)}
+
+        def execute(command: dict[str, Any]) -> int:
+            check_command(command, self.model_id, self.run_id, self.run_start_ms, self.epoch)
+            return trainer.apply(command)
+
+        return apply_once(self.ledger, command, execute, self.model_id, self.run_id, self.epoch, self._now_ms())
 
 
 class _one_thread:

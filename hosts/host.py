@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from hosts.commands import CommandLedger, Rejected, check_command
+from hosts.commands import CommandLedger, apply_once, check_command
 from hosts.trainer import DigitsTrainer
 from hosts.wire import CommandReader, Publisher
 from tamiyo.config import Settings
@@ -103,25 +103,23 @@ class _Host:
         return epochs
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
-        delta = 0
-        if not self.ledger.first_time(command["decision_id"]):
-            status, reason = "DUPLICATE", "decision already handled"
+        outcome = apply_once(self.ledger, command, self._execute, self.model_id, self.run_id, self.epoch, _now_ms())
+        status = outcome["status"]
+        if status == "APPLIED":
+            self.stats.commands_applied += 1
+        elif status == "DUPLICATE":
             self.stats.duplicates += 1
         else:
-            try:
-                check_command(command, self.model_id, self.run_id, self.run_start_ms, self.epoch)
-                delta = self.trainer.apply(command)
-                status, reason = "APPLIED", ""
-                self.stats.commands_applied += 1
-            except Rejected as exc:
-                status, reason = "REJECTED", str(exc)
-                self.stats.rejected += 1
-        log.info("%s: %s %s -> %s %s", self.model_id, command["decision_id"], command["action"], status, reason)
+            self.stats.rejected += 1
+        log.info("%s: %s %s -> %s %s", self.model_id, command["decision_id"], command["action"], status,
+                 outcome["reason"])
         if status == "APPLIED":
             self.publish_topology()  # parameter counts changed
-        return {"decision_id": command["decision_id"], "model_id": self.model_id, "run_id": self.run_id,
-                "epoch": int(command["epoch"]), "timestamp_ms": _now_ms(), "status": status, "reason": reason,
-                "parameter_delta": int(delta)}
+        return outcome
+
+    def _execute(self, command: dict[str, Any]) -> int:
+        check_command(command, self.model_id, self.run_id, self.run_start_ms, self.epoch)
+        return self.trainer.apply(command)
 
     def wait_for_decision(self, epoch: int, wait_s: float, stop: threading.Event) -> None:
         deadline = time.monotonic() + wait_s

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hosts.commands import CommandLedger, Rejected, check_command
+from hosts.commands import CommandLedger, Rejected, apply_once, check_command
 from models.kasmina import ACTIVE_STATES, SeedSlot, SeedState, health_scores
 from models.kernels import KERNELS, kernel_parameter_count
 
@@ -311,24 +311,7 @@ class SimulatedModel:
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         """Apply an AdaptationCommand at most once (by decision_id); returns its CommandOutcome."""
         self._ensure_run()
-        if not self.ledger.first_time(command["decision_id"]):
-            status, reason, delta = "DUPLICATE", "decision already handled", 0
-        else:
-            try:
-                delta = self._execute(command)
-                status, reason = "APPLIED", ""
-            except Rejected as exc:
-                status, reason, delta = "REJECTED", str(exc), 0
-        return {
-            "decision_id": command["decision_id"],
-            "model_id": self.model_id,
-            "run_id": self.run_id,
-            "epoch": int(command.get("epoch", self.epoch)),
-            "timestamp_ms": self._now_ms(),
-            "status": status,
-            "reason": reason,
-            "parameter_delta": int(delta),
-        }
+        return apply_once(self.ledger, command, self._execute, self.model_id, self.run_id, self.epoch, self._now_ms())
 
     def _execute(self, command: dict[str, Any]) -> int:
         check_command(command, self.model_id, self.run_id, self.run_start_ms, self.epoch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hosts.commands import CommandLedger, Rejected, check_command
+from hosts.commands import CommandLedger, Rejected, apply_once, check_command
 
 
 def test_each_decision_id_passes_once() -> None:
@@ -56,3 +56,24 @@ def test_check_command_rejects_commands_of_other_runs(overrides: dict, reason: s
 
 def test_check_command_accepts_a_command_about_an_ended_epoch() -> None:
     check_command(command(), "m", "run-1", run_start_ms=1_000, epoch=3)
+
+
+def test_apply_once_applies_rejects_and_drops_duplicates() -> None:
+    ledger = CommandLedger()
+    calls: list[str] = []
+
+    def execute(command: dict) -> int:
+        calls.append(command["decision_id"])
+        if command["layer_name"] == "nowhere":
+            raise Rejected("unknown layer 'nowhere'")
+        return 42
+
+    base = {"action": "GERMINATE", "epoch": 3, "layer_name": "layers.0"}
+    first = apply_once(ledger, dict(base, decision_id="d-1"), execute, "m-1", "run-1", 4, 1_000)
+    again = apply_once(ledger, dict(base, decision_id="d-1"), execute, "m-1", "run-1", 4, 2_000)
+    bad = apply_once(ledger, dict(base, decision_id="d-2", layer_name="nowhere"), execute, "m-1", "run-1", 4, 3_000)
+    assert (first["status"], first["parameter_delta"], first["epoch"], first["timestamp_ms"]) == ("APPLIED", 42, 3, 1_000)
+    assert (again["status"], again["parameter_delta"], again["reason"]) == ("DUPLICATE", 0, "decision already handled")
+    assert (bad["status"], bad["parameter_delta"], bad["reason"]) == ("REJECTED", 0, "unknown layer 'nowhere'")
+    assert calls == ["d-1", "d-2"]  # the duplicate never reached the model
+    assert {first["model_id"], first["run_id"]} == {"m-1", "run-1"}
