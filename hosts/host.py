@@ -1,7 +1,7 @@
 """run_host: train a real KasminaMLP on digits and follow the controller over Kafka.
 
-Publishes (keyed by model id) a ModelTopology at start and after every applied command, one
-HealthSignal per layer every ``report_every_steps`` steps, and an EpochOutcome per epoch
+Publishes (keyed by model id) a ModelTopology at start and after every applied command, a
+HealthReport (one HealthSignal per layer) every ``report_every_steps`` steps, and an EpochOutcome per epoch
 (``final=True`` on the last). Reads AdaptationCommands from the partition its key hashes to,
 starting at the end offset captured before the first topology, applies each decision id at most
 once and answers with a CommandOutcome. After each epoch but the last it waits up to

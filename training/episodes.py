@@ -78,7 +78,7 @@ class Episode:
     last_seen_ms: int = 0
 
 
-# The record types an episode is built from; replay can skip the rest (mostly HealthSignals) undecoded.
+# The record types an episode is built from; replay can skip the rest (mostly health telemetry) undecoded.
 EPISODE_TYPES = frozenset({"DecisionRecord", "EpochOutcome", "CommandOutcome"})
 
 

@@ -2,14 +2,15 @@
 
 The experience topic is filled with what a worker archives for a simulated fleet, made with the real
 decision code (``streams.decisions.prepare``/``decide`` over the heuristic policy with exploration):
-per model and epoch two rounds of HealthSignals, the EpochOutcome, the DecisionRecord, and for
-GERMINATE decisions the AdaptationCommand and the host's CommandOutcome; a ModelTopology per run.
+per model and epoch two HealthReports (a HealthSignal per layer each, as hosts send them), the
+EpochOutcome, the DecisionRecord, and for GERMINATE decisions the AdaptationCommand and the host's
+CommandOutcome; a ModelTopology per run.
 
 One measurement is what ``training.job.train`` does: ``training.replay.replay`` (read every record,
-decode those an episode is built from; HealthSignals, ~90 % of the topic, are skipped by their
-``tamiyo.type`` header) → ``group_episodes`` → ``transitions`` → ``TransitionDataset.from_transitions``
-→ every row collated into batches of 1024 (the tensors a learner consumes). The figure is experience
-records read per second over all of it; ``decoded_per_s`` beside it counts only the decoded ones.
+decode those an episode is built from; HealthReports are skipped by their ``tamiyo.type`` header)
+→ ``group_episodes`` → ``transitions`` → ``TransitionDataset.from_transitions`` → every row collated
+into batches of 1024 (the tensors a learner consumes). The figure is experience records read per
+second over all of it; ``decoded_per_s`` beside it counts only the decoded ones.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def experience_records(models: int, epochs: int, epochs_per_run: int = 10, seed:
                 out.append((key, encode("ModelTopology", topologies[m.model_id]), "ModelTopology"))
             aggregates: dict[str, dict] = {}
             for _round in range(2):
-                for signal in m.health_signals():
-                    out.append((key, encode("HealthSignal", signal), "HealthSignal"))
+                signals = m.health_signals()
+                out.append((key, encode("HealthReport", {"model_id": m.model_id, "run_id": m.run_id,
+                                                          "signals": signals}), "HealthReport"))
+                for signal in signals:
                     aggregates[signal["layer_name"]] = update_layer_aggregate(aggregates.get(signal["layer_name"]),
                                                                               signal)
             outcome = m.end_epoch()
