@@ -171,6 +171,8 @@ class Settings:
     window_close_grace_seconds: float = 2.0
     broker_session_timeout: float = 10.0
     fetch_max_wait_ms: int = 20
+    stall_report_ms: float = 100.0
+    torch_threads: int = 1
     dead_letter_value_bytes: int = 65_536
     mlflow_tracking_uri: str = ""
     registered_model: str = "tamiyo-policy"
@@ -207,6 +209,8 @@ class Settings:
             window_close_grace_seconds=_env_float("TAMIYO_WINDOW_CLOSE_GRACE_SECONDS", 2.0),
             broker_session_timeout=_env_float("TAMIYO_BROKER_SESSION_TIMEOUT", 10.0),
             fetch_max_wait_ms=_env_int("TAMIYO_FETCH_MAX_WAIT_MS", 20),
+            stall_report_ms=_env_float("TAMIYO_STALL_REPORT_MS", 100.0),
+            torch_threads=_env_int("TAMIYO_TORCH_THREADS", 1),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
             registered_model=_env("TAMIYO_REGISTERED_MODEL", "tamiyo-policy"),
@@ -246,6 +250,8 @@ class Settings:
         self.schema_registry.validate()
         if self.broker_session_timeout <= 0:
             raise ValueError("TAMIYO_BROKER_SESSION_TIMEOUT must be > 0 (brokers accept >= 6 s by default)")
+        if self.torch_threads < 1:
+            raise ValueError("TAMIYO_TORCH_THREADS must be >= 1")
         if self.fetch_max_wait_ms < 0:
             raise ValueError("TAMIYO_FETCH_MAX_WAIT_MS must be >= 0")
 

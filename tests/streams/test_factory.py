@@ -69,3 +69,20 @@ def test_table_changelogs_are_encoded_by_orjson_and_stay_plain_json() -> None:
     state = {"run_id": "run-1", "epoch": 3, "layers": {"layers.0": aggregate}}
     encoded = faust_json.dumps(state)
     assert isinstance(encoded, bytes) and json.loads(encoded) == state == faust_json.loads(json.dumps(state))
+
+
+def test_the_worker_runs_torch_on_the_configured_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from streams.worker import limit_torch_threads
+
+    monkeypatch.setenv("TAMIYO_TORCH_THREADS", "1")
+    assert Settings.from_env().torch_threads == 1 == Settings().torch_threads  # the documented default
+    with pytest.raises(ValueError, match="TAMIYO_TORCH_THREADS"):
+        Settings(torch_threads=0).validate()
+    before = torch.get_num_threads()
+    try:
+        limit_torch_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

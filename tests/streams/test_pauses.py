@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from streams.gc_pauses import GcPauses, freeze_startup_heap
+from streams.pauses import GcPauses, freeze_startup_heap
 
 
 def test_every_collection_is_timed_and_take_resets() -> None:
@@ -35,7 +35,7 @@ def test_a_blocked_event_loop_is_seen_as_a_stall() -> None:
     import asyncio
     import time
 
-    from streams.gc_pauses import LoopStalls
+    from streams.pauses import LoopStalls
 
     stalls = LoopStalls()
     done = False
@@ -53,3 +53,32 @@ def test_a_blocked_event_loop_is_seen_as_a_stall() -> None:
     figures = stalls.take()
     assert 60.0 <= figures["loop_stall_longest_ms"] < 1000.0 and figures["loop_stalls_over_20ms"] >= 1
     assert stalls.take()["loop_stall_longest_ms"] == 0.0
+
+
+def test_a_stuck_loop_is_reported_with_the_stack_that_holds_it(caplog) -> None:
+    import asyncio
+    import logging
+    import time
+
+    from streams.pauses import LoopStalls
+
+    stalls = LoopStalls(report_over_ms=30)
+    done = False
+
+    def long_synchronous_step() -> None:
+        time.sleep(0.2)
+
+    async def main() -> None:
+        nonlocal done
+        watcher = asyncio.create_task(stalls.watch(lambda: done))
+        await asyncio.sleep(0.05)
+        long_synchronous_step()
+        await asyncio.sleep(0.03)
+        done = True
+        await watcher
+
+    with caplog.at_level(logging.WARNING, logger="streams.pauses"):
+        asyncio.run(main())
+    reports = [r.getMessage() for r in caplog.records if "event loop stuck" in r.getMessage()]
+    assert len(reports) == 1 and "long_synchronous_step" in reports[0], reports
+    assert stalls.report_over_ms == 0.0  # the reporter thread ends with the watch

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import sys
+import threading
 import time
+import traceback
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 
 class GcPauses:
@@ -61,10 +67,12 @@ class LoopStalls:
 
     TICK_S = 0.01
 
-    def __init__(self) -> None:
+    def __init__(self, report_over_ms: float = 0.0) -> None:
         self.longest_ms = 0.0
         self.over_20ms = 0
         self.at = 0.0
+        self.beat = time.perf_counter()
+        self.report_over_ms = report_over_ms  # > 0: a thread logs the loop's stack when stuck this long
 
     def record(self, late_ms: float) -> None:
         if late_ms > 20.0:
@@ -73,16 +81,45 @@ class LoopStalls:
             self.longest_ms, self.at = late_ms, time.time()
 
     async def watch(self, should_stop: Callable[[], bool]) -> None:
+        if self.report_over_ms > 0:
+            _StallReporter(self, threading.get_ident(), self.report_over_ms / 1000.0).start()
         while not should_stop():
-            started = time.perf_counter()
+            started = self.beat = time.perf_counter()
             await asyncio.sleep(self.TICK_S)
-            self.record((time.perf_counter() - started - self.TICK_S) * 1000.0)
+            self.beat = time.perf_counter()
+            self.record((self.beat - started - self.TICK_S) * 1000.0)
+        self.report_over_ms = 0.0
 
     def take(self) -> dict[str, float]:
         out = {"loop_stall_longest_ms": round(self.longest_ms, 1), "loop_stalls_over_20ms": self.over_20ms,
                "loop_stall_at": round(self.at % 60, 2)}
         self.longest_ms, self.over_20ms, self.at = 0.0, 0, 0.0
         return out
+
+
+class _StallReporter(threading.Thread):
+    """Logs where the event loop is while it has not ticked for ``threshold_s`` (at most once per
+    stall and once every 10 s): the long synchronous step, named by its stack."""
+
+    def __init__(self, stalls: LoopStalls, loop_thread: int, threshold_s: float) -> None:
+        super().__init__(daemon=True, name="stall-reporter")
+        self.stalls, self.loop_thread, self.threshold_s = stalls, loop_thread, threshold_s
+        self.last_report = 0.0
+
+    def run(self) -> None:
+        reported_beat = None
+        while self.stalls.report_over_ms > 0:
+            time.sleep(self.threshold_s / 2)
+            beat = self.stalls.beat
+            stuck = time.perf_counter() - beat
+            if stuck < self.threshold_s or beat == reported_beat or time.monotonic() - self.last_report < 10:
+                continue
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is None:
+                return
+            reported_beat, self.last_report = beat, time.monotonic()
+            stack = "".join(traceback.format_stack(frame)[-14:])  # innermost frames
+            log.warning("event loop stuck for %.0f ms in:\n%s", stuck * 1000, stack)
 
 
 def freeze_startup_heap() -> int:
