@@ -122,8 +122,10 @@ class _StallReporter(threading.Thread):
             log.warning("event loop stuck for %.0f ms in:\n%s", stuck * 1000, stack)
 
 
-def freeze_startup_heap() -> int:
-    """Collect once, then exempt every surviving object from later collections; returns how many."""
-    gc.collect()
+def freeze_startup_heap(collect: bool = True) -> int:
+    """Exempt every live object from later collections (after one full collection unless
+    ``collect`` is False: a running worker must not stop for it); returns how many are frozen."""
+    if collect:
+        gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

@@ -45,7 +45,8 @@ def run_worker(settings: Settings) -> int:
     async def report() -> None:
         reports[0] += 1
         if reports[0] == 1:  # what Faust built while starting (consumer, tables) lives as long
-            log.info("gc: %d objects frozen at start-up, %d after the first 10 s", frozen, freeze_startup_heap())
+            log.info("gc: %d objects frozen at start-up, %d after the first 10 s", frozen,
+                     freeze_startup_heap(collect=False))
         log.info("counters %s policy=%s %s %s", ctx.counters.as_dict(), ctx.policy.serving.version, pauses.take(),
                  stalls.take())
 

@@ -82,3 +82,17 @@ def test_a_stuck_loop_is_reported_with_the_stack_that_holds_it(caplog) -> None:
     reports = [r.getMessage() for r in caplog.records if "event loop stuck" in r.getMessage()]
     assert len(reports) == 1 and "long_synchronous_step" in reports[0], reports
     assert stalls.report_over_ms == 0.0  # the reporter thread ends with the watch
+
+
+def test_freezing_without_a_collection_leaves_the_collector_alone() -> None:
+    pauses = GcPauses().install()
+    gc.disable()  # no automatic collection in between: any collection counted is the freeze's
+    try:
+        assert freeze_startup_heap(collect=False) == gc.get_freeze_count() > 0
+        assert pauses.take()["gc_collections"] == 0
+        freeze_startup_heap()
+        assert pauses.take()["gc_collections"] == 1
+    finally:
+        gc.enable()
+        pauses.uninstall()
+        gc.unfreeze()
