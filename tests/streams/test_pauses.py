@@ -24,7 +24,8 @@ def test_every_collection_is_timed_and_take_resets() -> None:
 def test_freezing_moves_the_live_heap_out_of_later_collections() -> None:
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 1000  # pytest, this package, the interpreter
+        # Frozen objects that die later leave the permanent generation: never more than were frozen.
+        assert 1000 < gc.get_freeze_count() <= frozen  # pytest, this package, the interpreter
         assert sum(gc.get_count()) < frozen
     finally:
         gc.unfreeze()
@@ -88,7 +89,8 @@ def test_freezing_without_a_collection_leaves_the_collector_alone() -> None:
     pauses = GcPauses().install()
     gc.disable()  # no automatic collection in between: any collection counted is the freeze's
     try:
-        assert freeze_startup_heap(collect=False) == gc.get_freeze_count() > 0
+        frozen = freeze_startup_heap(collect=False)
+        assert 0 < gc.get_freeze_count() <= frozen
         assert pauses.take()["gc_collections"] == 0
         freeze_startup_heap()
         assert pauses.take()["gc_collections"] == 1
