@@ -16,6 +16,11 @@ from tamiyo.config import Settings
 log = logging.getLogger(__name__)
 
 
+def health_report(model_id: str, run_id: str, signals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The HealthReport record carrying ``signals`` (one step's HealthSignals of one model and run)."""
+    return {"model_id": model_id, "run_id": run_id, "signals": signals}
+
+
 class Publisher:
     """Keyed Avro producer that never blocks on a full queue for long and counts what it sent."""
 
@@ -49,7 +54,7 @@ class Publisher:
     def send_report(self, topic: str, model_id: str, run_id: str, signals: list[dict[str, Any]]) -> None:
         """The HealthSignals of one step as one HealthReport message (one Kafka record, not one per layer)."""
         if signals:
-            self.send(topic, model_id, "HealthReport", {"model_id": model_id, "run_id": run_id, "signals": signals})
+            self.send(topic, model_id, "HealthReport", health_report(model_id, run_id, signals))
 
     def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
         while True:

@@ -74,9 +74,9 @@ class LoadGenerator:
     """Plays the models' epochs at their staggered times; remembers when each outcome was produced."""
 
     def __init__(self, settings: Any, models: list[Any], epoch_s: float, reports: bool = True) -> None:
-        self.reports = reports
         from streams.kafka.clients import make_producer
 
+        self.reports = reports
         self.settings = settings
         self.models = models
         self.epoch_s = epoch_s
@@ -85,6 +85,7 @@ class LoadGenerator:
 
     def play(self, epochs: int, tag: int) -> None:
         """``epochs`` epochs of every model; outcomes are tagged with ``tag`` (the run index)."""
+        from hosts.wire import health_report
         from schemas import encode
 
         topics = self.settings.topics
@@ -105,7 +106,7 @@ class LoadGenerator:
                 key = model.model_id.encode()
                 signals = model.health_signals()
                 if self.reports:
-                    report = {"model_id": model.model_id, "run_id": model.run_id, "signals": signals}
+                    report = health_report(model.model_id, model.run_id, signals)
                     self.producer.produce(topics.health, encode("HealthReport", report), key)
                 else:
                     for signal in signals:

@@ -172,6 +172,7 @@ class SignalSource:
     def reports(self, signals: int) -> tuple[list[Record], int]:
         """HealthReports (one message per model and round, one signal per layer, as hosts send them)
         carrying at least ``signals`` signals; returns them and the exact number of signals."""
+        from hosts.wire import health_report
         from schemas import encode
 
         out: list[Record] = []
@@ -179,8 +180,7 @@ class SignalSource:
         while carried < signals:
             for m in self.models:
                 round_ = m.health_signals()
-                out.append((m.model_id.encode(), encode("HealthReport", {"model_id": m.model_id, "run_id": m.run_id,
-                                                                         "signals": round_})))
+                out.append((m.model_id.encode(), encode("HealthReport", health_report(m.model_id, m.run_id, round_))))
                 carried += len(round_)
                 if carried >= signals:
                     break

@@ -38,6 +38,7 @@ def experience_records(models: int, epochs: int, epochs_per_run: int = 10, seed:
     """Encoded experience records in archive order (see the module docstring)."""
     from models.heuristic import ThresholdHeuristic
     from models.decide import GateConfig
+    from hosts.wire import health_report
     from models.graph import update_layer_aggregate
     from schemas import encode
     from streams.decisions import decide, prepare
@@ -58,8 +59,7 @@ def experience_records(models: int, epochs: int, epochs_per_run: int = 10, seed:
             aggregates: dict[str, dict] = {}
             for _round in range(2):
                 signals = m.health_signals()
-                out.append((key, encode("HealthReport", {"model_id": m.model_id, "run_id": m.run_id,
-                                                          "signals": signals}), "HealthReport"))
+                out.append((key, encode("HealthReport", health_report(m.model_id, m.run_id, signals)), "HealthReport"))
                 for signal in signals:
                     aggregates[signal["layer_name"]] = update_layer_aggregate(aggregates.get(signal["layer_name"]),
                                                                               signal)

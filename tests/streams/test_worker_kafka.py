@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from hosts.wire import health_report
 from schemas import decode, encode
 from streams.archive import TYPE_HEADER
 from streams.kafka.reader import header
@@ -35,7 +36,7 @@ def signals(model_id: str, epoch: int, sick: str = "layers.2", layers: int = 4) 
 
 def report(model_id: str, epoch: int) -> dict:
     """The same signals as one HealthReport."""
-    return {"model_id": model_id, "run_id": "run-1", "signals": signals(model_id, epoch)}
+    return health_report(model_id, "run-1", signals(model_id, epoch))
 
 
 def outcome(model_id: str, epoch: int) -> dict:
