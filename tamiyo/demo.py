@@ -53,14 +53,6 @@ class DemoOptions:
     worker_ready_timeout_s: float = 180.0
 
 
-def _report_size(value: bytes) -> int:
-    """How many HealthSignals a HealthReport carries (0 when it does not decode)."""
-    try:
-        return len(decode(value).value["signals"])
-    except DecodeError:
-        return 0
-
-
 class Tally(threading.Thread):
     """Tails the experience and dead-letter topics from given offsets and counts what it sees."""
 
@@ -104,16 +96,16 @@ class Tally(threading.Thread):
         self.total += 1
         kind = header(message, TYPE_HEADER) or "unknown"
         self.types[kind] += 1
-        if kind == "HealthReport":
-            self.signals += _report_size(message.value())
-        elif kind == "HealthSignal":
+        if kind == "HealthSignal":
             self.signals += 1
-        if kind in ("ModelTopology", "DecisionRecord", "CommandOutcome"):
+        if kind in ("ModelTopology", "DecisionRecord", "CommandOutcome", "HealthReport"):
             try:
                 record = decode(message.value()).value
             except DecodeError:
                 return
-            if kind == "ModelTopology":
+            if kind == "HealthReport":
+                self.signals += len(record["signals"])
+            elif kind == "ModelTopology":
                 self.models.add(record["model_id"])
             elif kind == "DecisionRecord":
                 self.policy_versions[record["policy_version"]] += 1
