@@ -137,13 +137,13 @@ def _episode_transitions(episode: Episode, cfg: RewardConfig, data_end_ms: int) 
         elif dead:
             kept.append((decision, cfg.default_reward, True))
         # else: the outcome is still in the future; leave the decision out
+    states = [GraphState.from_decision(decision) for decision, _, _ in kept]  # each is also the previous next_state
     result = []
     for i, (decision, reward, imputed) in enumerate(kept):
-        nxt = kept[i + 1][0] if i + 1 < len(kept) else None
-        state = GraphState.from_decision(decision)
+        nxt = states[i + 1] if i + 1 < len(kept) else None
         result.append(Transition(
-            state=state, action=decision["action_index"], propensity=decision["propensity"], reward=reward,
-            next_state=GraphState.from_decision(nxt) if nxt is not None else None,
+            state=states[i], action=decision["action_index"], propensity=decision["propensity"], reward=reward,
+            next_state=nxt,
             done=nxt is None and (episode.final_epoch is not None or dead),
             behaviour=np.asarray(decision["distribution"], dtype=np.float64),
             decision_id=decision["decision_id"], model_id=episode.model_id, epoch=decision["epoch"],

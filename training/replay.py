@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
 from schemas import DecodeError, decode
@@ -56,9 +56,12 @@ class DataWindow:
         }
 
 
-def offsets_for_time(settings: Settings, topic: str, timestamp_ms: int | None, default: str) -> dict[int, int]:
-    """First offset at or after ``timestamp_ms`` per partition (``default``: 'beginning' or 'end')."""
-    consumer = make_consumer(settings)
+def offsets_for_time(settings: Settings, topic: str, timestamp_ms: int | None, default: str,
+                     consumer: Consumer | None = None) -> dict[int, int]:
+    """First offset at or after ``timestamp_ms`` per partition (``default``: 'beginning' or 'end').
+    Uses ``consumer`` when given (left open), else a consumer of its own."""
+    own = consumer is None
+    consumer = consumer or make_consumer(settings)
     try:
         parts = partitions_of(consumer, topic)
         marks = {p: watermarks(consumer, topic, p) for p in parts}
@@ -68,7 +71,8 @@ def offsets_for_time(settings: Settings, topic: str, timestamp_ms: int | None, d
         # -1 means "no record at or after that time": the end of the partition.
         return {tp.partition: (tp.offset if tp.offset >= 0 else marks[tp.partition][1]) for tp in found}
     finally:
-        consumer.close()
+        if own:
+            consumer.close()
 
 
 def replay(
@@ -87,15 +91,25 @@ def replay(
     counted in ``DataWindow.skipped`` without being decoded; a record without the header is decoded.
     """
     topic = settings.topics.experience
-    start = start_offsets or offsets_for_time(settings, topic, start_ms, "beginning")
-    stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end")
+    consumer = make_consumer(settings)  # one connection for the lookups and the read (~50 ms each)
+    try:
+        return _replay(settings, consumer, topic, start_ms, end_ms, start_offsets, end_offsets, progress, types)
+    finally:
+        consumer.close()
+
+
+def _replay(settings: Settings, consumer: Consumer, topic: str, start_ms: int | None, end_ms: int | None,
+            start_offsets: dict[int, int] | None, end_offsets: dict[int, int] | None, progress: bool,
+            types: Collection[str] | None) -> tuple[list[ExperienceRecord], DataWindow]:
+    start = start_offsets or offsets_for_time(settings, topic, start_ms, "beginning", consumer)
+    stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end", consumer)
     window = DataWindow(topic, dict(start), dict(stop), start_ms, end_ms)
     total = sum(max(0, stop.get(p, 0) - start.get(p, 0)) for p in stop)
     wanted = {name.encode() for name in types} if types is not None else None
     timed = start_ms is not None or end_ms is not None
     records: list[ExperienceRecord] = []
     with tqdm(total=total, unit="rec", desc="replay", disable=not progress, leave=False) as bar, gc_paused():
-        for batch in read_batches(settings, topic, start, stop):
+        for batch in read_batches(settings, topic, start, stop, consumer=consumer):
             bar.update(len(batch))
             for message in batch:
                 ts = message.timestamp()[1]

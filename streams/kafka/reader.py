@@ -10,6 +10,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from streams.kafka.clients import make_consumer
 from tamiyo.config import Settings
 
+_BATCH = 10_000  # records per consume() call at most
+_POLL_S = 0.1  # longest wait in one consume() call; idle_timeout counts across calls
+
 
 def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
     metadata = consumer.list_topics(topic, timeout=timeout)
@@ -63,9 +66,12 @@ def read_batches(
     start: dict[int, int] | None = None,
     stop: dict[int, int] | None = None,
     idle_timeout: float = 5.0,
+    consumer: Consumer | None = None,
 ) -> Iterator[list[Message]]:
-    """``read_topic`` a fetched batch at a time (for bulk readers: no per-record generator step)."""
-    consumer = make_consumer(settings)
+    """``read_topic`` a fetched batch at a time (for bulk readers: no per-record generator step).
+    Reads with ``consumer`` when given (reassigned, left open), else with a consumer of its own."""
+    own = consumer is None
+    consumer = consumer or make_consumer(settings)
     try:
         parts = partitions_of(consumer, topic)
         if stop is None:
@@ -75,9 +81,15 @@ def read_batches(
         if not open_parts:
             return
         consumer.assign([TopicPartition(topic, p, begin[p]) for p in sorted(open_parts)])
+        position = dict(begin)
         last_progress = time.monotonic()
         while open_parts:
-            batch = consumer.consume(num_messages=10_000, timeout=0.5)
+            # librdkafka's batch consume waits until it has num_messages or the timeout passes: asking
+            # for more than is left made every read end with a full timeout (0.5 s of a 1.1 s replay).
+            # What is left is an upper bound (transaction markers and compaction leave offset gaps),
+            # so the timeout stays short too.
+            left = sum(stop[p] - position[p] for p in open_parts)
+            batch = consumer.consume(num_messages=max(1, min(_BATCH, left)), timeout=_POLL_S)
             if not batch:
                 if time.monotonic() - last_progress > idle_timeout:
                     return
@@ -96,12 +108,16 @@ def read_batches(
                     open_parts.discard(partition)
                     continue
                 kept.append(message)
+                position[partition] = message.offset() + 1
                 if message.offset() + 1 >= stop[partition]:
                     open_parts.discard(partition)
             if kept:
                 yield kept
     finally:
-        consumer.close()
+        if own:
+            consumer.close()
+        else:
+            consumer.unassign()
 
 
 def header(message: Message, name: str) -> str | None:
