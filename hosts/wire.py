@@ -114,7 +114,12 @@ class CommandReader:
     def poll(self, timeout: float = 0.0, max_messages: int = 1000) -> list[tuple[bytes | None, dict[str, Any]]]:
         """(key, command) pairs that arrived; undecodable messages are logged and counted."""
         out = []
-        for message in self.consumer.consume(num_messages=max_messages, timeout=timeout):
+        # consume(n, timeout) waits until it has n messages or the timeout passes: wait for the
+        # first one only, then take what else is already here.
+        messages = self.consumer.consume(num_messages=1, timeout=timeout) if timeout > 0 else []
+        if max_messages > len(messages):
+            messages += self.consumer.consume(num_messages=max_messages - len(messages), timeout=0)
+        for message in messages:
             if message.error() is not None:
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("commands topic error: %s", message.error())
