@@ -18,7 +18,8 @@ from streams.archive import archive, provenance
 from streams.context import WorkerContext
 from streams.deadletter import send_dead_letter
 from streams.decisions import DueModel, decide, gate_config, last_decided_epoch, prepare
-from streams.faust_compat import PartitionEvent, active_partitions, as_current, highwater_and_committed
+from streams.faust_compat import (PartitionEvent, active_partitions, as_current, highwater_and_committed, hold_commit,
+                                  release_commit)
 from streams.intake import Accepted, accept, from_faust_event
 from streams.outbox import Outbox
 from streams.resilience import process_safely
@@ -116,10 +117,13 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
     """
     cfg = gate_config(ctx.settings)
     started = time.perf_counter()
-    items = [(record, event, deadline, False) for record, event, deadline in ended]
+    # (record, event, deadline, waited, held). Everything in parked_outcomes or waiting_for_signals
+    # holds its message's commit (hold_commit): acked with its batch but not decided, it must be
+    # read again after a crash. Fresh outcomes are not held; their batch is committed after this.
+    items = [(record, event, deadline, False, False) for record, event, deadline in ended]
     for model_id in ctx.parked_outcomes.models():
         if ctx.topologies.get(model_id):
-            items = [(record, event, deadline, False) for deadline, (record, event)
+            items = [(record, event, deadline, False, True) for deadline, (record, event)
                      in ctx.parked_outcomes.release(model_id)] + items
     now = time.monotonic()
     waited_out = []  # in arrival order: of several epochs of one model, the newest is decided
@@ -128,31 +132,44 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
     for model_id in candidates:
         for deadline, (record, event) in ctx.waiting_for_signals.release(model_id):
             if model_id in touched and _signals_arrived(ctx, record):
-                waited_out.append((record, event, None, True))
+                waited_out.append((record, event, None, True, True))
             elif deadline <= now:
                 ctx.counters.signal_wait_timeouts += 1
-                waited_out.append((record, event, None, True))
+                waited_out.append((record, event, None, True, True))
             else:
                 ctx.waiting_for_signals.park(model_id, (record, event), deadline=deadline)
     items = waited_out + items
-    expired = ctx.parked_outcomes.expired()
-    if expired:
-        ctx.counters.skipped_no_topology += len(expired)
-        log.warning("%d epoch outcomes expired without a topology; not decided", len(expired))
+    finished = [event for _, event in ctx.parked_outcomes.expired()]  # held events whose handling ends here
+    if finished:
+        ctx.counters.skipped_no_topology += len(finished)
+        log.warning("%d epoch outcomes expired without a topology; not decided", len(finished))
     due: dict[str, tuple[DueModel, Any]] = {}
-    for record, event, deadline, waited in items:
+    for record, event, deadline, waited, held in items:
         model_id = record["model_id"]
         if not has_topology_for(ctx, record):
-            if not ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
+            if ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
+                _hold(event, held)
+            else:
                 ctx.counters.skipped_no_topology += 1
+                finished += [event] if held else []
             continue
         if not waited and not _signals_arrived(ctx, record) and ctx.waiting_for_signals.park(model_id, (record, event)):
             ctx.counters.signal_waits += 1
+            _hold(event, held)
             continue
         item = _prepare(ctx, record, cfg, due.get(model_id))
         if item is not None:
             due[model_id] = (item, event)
+        finished += [event] if held else []
     await _send_decisions(ctx, outbox, due, cfg, started)
+    # Delivered (or nothing to deliver): the outcomes need not be read again. Not on an exception:
+    # then the holds stay until the worker restarts and re-reads from the held offset.
+    release_commit(finished)
+
+
+def _hold(event: Any, held: bool) -> None:
+    if not held:
+        hold_commit(event)
 
 
 def _signals_arrived(ctx: WorkerContext, outcome: dict) -> bool:

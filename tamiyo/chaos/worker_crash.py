@@ -2,8 +2,9 @@
 
 A simulated fleet runs throughout (``hosts.fleet.run_fleet`` in a thread: it applies commands and
 answers with CommandOutcomes on the outcomes topic). Before each kill, HealthSignals of a model
-without topology are *parked* in the worker that is about to die (their topology is published only
-after the kill), to show parked messages survive a crash.
+and an EpochOutcome of a model without topology are *parked* in the worker that is about to die (their
+topology is published only after the kill), to show parked messages survive a crash: the signals are
+archived and the outcome is decided after it.
 
 * full: (A) one worker serves alone; kill -9; restart it (the whole group was down: every table comes
   back from its changelog); (B) a second worker joins; kill -9 it; the first takes its partitions over.
@@ -76,7 +77,8 @@ def assigned_partitions(worker: WorkerProcess, topic: str) -> set[int]:
 
 
 class _Probe:
-    """Parks HealthSignals of a model without topology in the worker that owns ``partitions``."""
+    """Parks HealthSignals and an EpochOutcome of a model without topology in the worker that owns
+    ``partitions``."""
 
     def __init__(self, settings: Settings, name: str, partitions: set[int]) -> None:
         self.settings = settings
@@ -91,9 +93,15 @@ class _Probe:
                   "activation_variance": 0.1, "dead_neuron_ratio": 0.0, "avg_correlation": 0.1, "gradient_norm": 0.1,
                   "execution_latency_ms": 0.1, "error_count": 0, "active_seeds": 0, "total_seeds": 1,
                   "seed_states": ["DORMANT"]}
+        outcome = {"model_id": self.model, "run_id": f"{self.model}-run", "epoch": 0,
+                   "timestamp_ms": signal["timestamp_ms"] + 1, "train_loss": 1.0, "val_loss": 1.0,
+                   "train_accuracy": 0.5, "val_accuracy": 0.5, "parameter_count": 20, "final": False}
         delivered = produce_with_positions(self.settings, [
             (t.health, self.model.encode(), encode("HealthSignal", dict(signal, step=i)), "parked") for i in range(3)])
         self.positions += [pos for pos, _ in delivered]
+        # Acked with its batch but undecided (no topology): the worker must not commit past it.
+        self.positions += [pos for pos, _ in produce_with_positions(self.settings, [
+            (t.outcomes, self.model.encode(), encode("EpochOutcome", outcome), "parked")])]
         time.sleep(3.0)  # processed and acked by the worker; Faust commits every second
 
     def publish_topology(self) -> None:
@@ -144,8 +152,14 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         first = observer.first_decision_after(after, lambda d: d.model_id in victims_models) - killed_at
         probe.publish_topology()
         wait_until(lambda: decided_since(after, victims_models), 240, what=f"{label}: all of its models", alive=alive)
+        try:  # the parked outcome is decided once its topology is there (a miss is a failed check, not an error)
+            wait_until(lambda: decided_since(after, {probe.model}), 60, what=f"{label}: the parked outcome",
+                       alive=alive)
+        except TimeoutError:
+            pass
         return {"killed": victim.name, "owned_outcome_partitions": sorted(owned),
                 "models_affected": len(victims_models),
+                "parked_outcome_decided": decided_since(after, {probe.model}),
                 "kill_to_first_decision_s": round(first, 1),
                 "kill_to_all_models_decided_s": round(time.monotonic() - killed_at, 1),
                 "probe": probe}
@@ -213,6 +227,7 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         # takeover bug (streams/faust_seek.py), even when another worker had processed it before.
         "faust_acked_nothing_unseen": all(path.exists() for path in traces.values()) and not any(gaps.values()),
         "parked_signals_survive_the_crash": parked_archived == len(parked_positions) > 0,
+        "parked_outcomes_decided_after_the_crash": all(phase["parked_outcome_decided"] for phase in phases),
         "every_command_archived": result.commands_unarchived == 0,
         "no_duplicate_applies": result.duplicate_applies == 0,
         "redecisions_identical": result.conflicting_decisions == 0,

@@ -18,5 +18,8 @@ def test_crashed_worker_loses_nothing_and_applies_nothing_twice(chaos_env) -> No
     assert set(result["faust_gaps_acked"]) == {"worker-1", "worker-2"} and not any(result["faust_gaps_acked"].values())
     # Signals parked (waiting for their topology) when the worker died are handled after the restart.
     assert result["parked_archived"] == result["parked_at_crash"] > 0
+    # An epoch outcome parked (no topology yet) when the worker died is decided after the takeover:
+    # its commit was held, so the survivor read it again.
+    assert result["checks"]["parked_outcomes_decided_after_the_crash"], result["phases"]
     assert result["cooldown_violations"] == 0 and result["checks"]["redecisions_identical"]
     assert result["recovery_seconds"]["takeover"] > 0 and result["phases"][0]["models_affected"] > 0
