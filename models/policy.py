@@ -223,9 +223,13 @@ _CSR_WARNED = False
 
 def _csr(crow: np.ndarray, col: np.ndarray, values: np.ndarray, n: int) -> Tensor:
     """Sparse CSR [n, n]; indices are valid by construction, so invariant checks are off.
+    Indices are int32 when they fit: torch's CPU ``sparse.mm`` then takes its MKL path (measured:
+    0.3 ms instead of 2.6 ms for 12k nodes x 64 features, one thread; same result and gradient).
     The first call swallows torch's one-time "CSR support is in beta" warning."""
     global _CSR_WARNED
-    args = (torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(values), (n, n))
+    index = np.int32 if len(col) < np.iinfo(np.int32).max else np.int64
+    args = (torch.from_numpy(crow.astype(index, copy=False)), torch.from_numpy(col.astype(index, copy=False)),
+            torch.from_numpy(values), (n, n))
     if _CSR_WARNED:
         return torch.sparse_csr_tensor(*args, check_invariants=False)
     with warnings.catch_warnings():

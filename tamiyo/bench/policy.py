@@ -20,7 +20,7 @@ class PolicyConfigBench:
     single_calls: int = 2000
     single_warmup: int = 200
     batch_sizes: tuple[int, ...] = (256, 512, 1024)
-    graphs_per_run: int = 8192  # graphs pushed through per batch size and run
+    graphs_per_run: int = 24_576  # graphs pushed through per batch size and run (fewer: too noisy on 2 CPUs)
     seed: int = 0
     layers: tuple[int, int] = field(default=(8, 16))
 

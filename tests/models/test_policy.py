@@ -74,6 +74,8 @@ def test_collate_offsets_and_undirected_dedup() -> None:
     dinv = a.sum(axis=1) ** -0.5
     np.testing.assert_allclose(adj, dinv[:, None] * a * dinv[None, :], rtol=1e-6)
     assert adj[1, 1] == pytest.approx(1 / 3) and adj[1, 0] == pytest.approx((2 * 3) ** -0.5)
+    # int32 indices: torch's CPU sparse.mm is several times slower with int64 ones.
+    assert b.adj.crow_indices().dtype == b.adj.col_indices().dtype == torch.int32
 
 
 def test_output_shapes_and_fast_path_matches_gcnconv(policy, graphs) -> None:
