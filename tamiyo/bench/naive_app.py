@@ -22,9 +22,10 @@ def out_topic(settings: Settings) -> str:
     return f"{settings.topic_prefix}.{OUT_SUFFIX}"
 
 
-def create_naive_app(settings: Settings) -> faust.App:
-    app = faust.App(
-        f"{settings.topic_prefix}-naive",
+def _bench_app(settings: Settings, name: str, **options: object) -> faust.App:
+    """A plain Faust app of its own consumer group on the benchmark's broker (Faust's defaults)."""
+    return faust.App(
+        f"{settings.topic_prefix}-{name}",
         broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
         store="memory://",
         topic_partitions=settings.partitions,
@@ -33,8 +34,13 @@ def create_naive_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
-        datadir=str(settings.data_dir / "faust-naive"),
+        datadir=str(settings.data_dir / f"faust-{name}"),
+        **options,
     )
+
+
+def create_naive_app(settings: Settings) -> faust.App:
+    app = _bench_app(settings, "naive")
     source = app.topic(settings.topics.health, key_serializer="raw", value_serializer="raw")
     sink = app.topic(out_topic(settings), key_serializer="raw", value_serializer="raw")
     latest = app.Table("naive_latest", default=dict, partitions=settings.partitions)
@@ -61,20 +67,7 @@ def create_naive_app(settings: Settings) -> faust.App:
 def create_count_app(settings: Settings) -> faust.App:
     """Faust's delivery ceiling: an agent that takes events in batches and does nothing with them.
     Progress is visible as the group's committed offsets (committed every 0.5 s)."""
-    app = faust.App(
-        f"{settings.topic_prefix}-count",
-        broker=[f"kafka://{s}" for s in settings.bootstrap_servers.split(",")],
-        store="memory://",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        key_serializer="raw",
-        value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
-        broker_commit_every=10_000,
-        broker_commit_interval=0.5,
-        web_enabled=False,
-        datadir=str(settings.data_dir / "faust-count"),
-    )
+    app = _bench_app(settings, "count", broker_commit_every=10_000, broker_commit_interval=0.5)
     source = app.topic(settings.topics.health, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source)
