@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from typing import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -117,7 +118,8 @@ def read_batches(
         if own:
             consumer.close()
         else:
-            consumer.unassign()
+            with suppress(KafkaException, RuntimeError):  # the caller may have closed it already
+                consumer.unassign()
 
 
 def header(message: Message, name: str) -> str | None:
