@@ -106,6 +106,11 @@ def release_commit(events: Any) -> None:
             del _floors[message.tp]
 
 
+def held_messages() -> int:
+    """Messages acked but not yet handled (parked) that hold their partition's commit back."""
+    return sum(sum(holds.values()) for holds in _floors.values())
+
+
 def _install() -> None:
     global _installed
     if _installed:

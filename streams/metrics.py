@@ -19,6 +19,8 @@ class WorkerMetrics:
         self.hot_swaps = Counter("tamiyo_policy_hot_swaps_total", "Policy hot swaps", registry=r)
         self.registry_errors = Counter("tamiyo_registry_errors_total", "Failed registry polls", registry=r)
         self.consumer_lag = Gauge("tamiyo_consumer_lag", "Consumer lag by topic", ["topic"], registry=r)
+        self.commit_holds = Gauge("tamiyo_commit_holds", "Parked messages holding their partition's commit back",
+                                  registry=r)
         self._seen: dict[str, int] = {}
 
     def serve(self, port: int) -> None:
@@ -31,10 +33,12 @@ class WorkerMetrics:
                 self.events.labels(kind).inc(delta)
                 self._seen[kind] = value
 
-    def observe_lag(self, lag_by_topic: dict[str, int]) -> None:
-        """Set the consumer-lag gauge (records not yet committed, summed over assigned partitions)."""
+    def observe_lag(self, lag_by_topic: dict[str, int], commit_holds: int = 0) -> None:
+        """Set the consumer-lag gauge (records not yet committed, summed over assigned partitions) and
+        the number of parked messages that keep commits back (a number that only grows is a leak)."""
         for topic, lag in lag_by_topic.items():
             self.consumer_lag.labels(topic).set(lag)
+        self.commit_holds.set(commit_holds)
 
     def observe_decisions(self, count: int, seconds: float, version: str) -> None:
         self.decision_batch_seconds.observe(seconds)

@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from streams.factory import create_app
+from streams.faust_compat import held_messages
 from streams.pauses import GcPauses, LoopStalls, freeze_startup_heap
 from tamiyo.config import Settings
 
@@ -32,7 +33,8 @@ def run_worker(settings: Settings) -> int:
     @app.timer(interval=5.0)
     async def lag() -> None:
         if ctx.metrics is not None:
-            ctx.metrics.observe_lag(await consumer_lag(app))
+            ctx.metrics.observe_lag(await consumer_lag(app), held_messages())
+            ctx.metrics.observe_counters(ctx.counters)  # also when nothing is decided (dead letters only)
 
     reports = [0]
     stalls = LoopStalls(report_over_ms=settings.stall_report_ms)
@@ -47,8 +49,8 @@ def run_worker(settings: Settings) -> int:
         if reports[0] == 1:  # what Faust built while starting (consumer, tables) lives as long
             log.info("gc: %d objects frozen at start-up, %d after the first 10 s", frozen,
                      freeze_startup_heap(collect=False))
-        log.info("counters %s policy=%s %s %s", ctx.counters.as_dict(), ctx.policy.serving.version, pauses.take(),
-                 stalls.take())
+        log.info("counters %s policy=%s commit_holds=%d %s %s", ctx.counters.as_dict(), ctx.policy.serving.version,
+                 held_messages(), pauses.take(), stalls.take())
 
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     # At log level warn or above Faust installs a terminal spinner that sets the root logger to

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
+import urllib.request
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hosts.wire import health_report
 from schemas import decode, encode
@@ -47,11 +50,25 @@ def decisions_in(messages: list) -> list[dict]:
     return [decode(m.value()).value for m in messages if header(m, TYPE_HEADER) == "DecisionRecord"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, list]:
+    """The worker's Prometheus metrics: family name -> samples."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
 def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_worker) -> None:
     settings = topics_ready
     topics = settings.topics
+    port = free_port()
     # Generous signal wait: under CI load the outcome may be read well before its epoch's signals.
-    worker = start_worker(TAMIYO_EPSILON="0.0", TAMIYO_SIGNAL_WAIT_SECONDS="15")
+    worker = start_worker(TAMIYO_EPSILON="0.0", TAMIYO_SIGNAL_WAIT_SECONDS="15", TAMIYO_METRICS_PORT=str(port))
     experience = TopicCollector(settings, topics.experience)
     commands = TopicCollector(settings, topics.commands)
     deadletter = TopicCollector(settings, topics.deadletter)
@@ -107,5 +124,23 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
     assert kinds.count("HealthReport") == 2  # m-c at epoch 1, m-a at epoch 2 (not the dead-lettered one)
     assert kinds.count("EpochOutcome") == 4
     assert worker.alive()
+
+    # Live metrics on TAMIYO_METRICS_PORT: counts by kind, lag of the input topics (refreshed every
+    # 5 s, with the counters), the serving version, decision batch times, no commit held back.
+    def caught_up(metrics: dict[str, list]) -> bool:
+        events = {s.labels["kind"]: s.value for s in metrics.get("tamiyo_events", []) if s.name.endswith("_total")}
+        lag = {s.labels["topic"]: s.value for s in metrics.get("tamiyo_consumer_lag", [])}
+        return (events.get("decisions", 0) >= 4 and events.get("dead_letters", 0) >= 2
+                and lag.get(topics.health) == 0 and lag.get(topics.outcomes) == 0)
+
+    deadline = time.monotonic() + 60
+    while not caught_up(metrics := scrape(port)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert caught_up(metrics), metrics
+    events = {s.labels["kind"]: s.value for s in metrics["tamiyo_events"] if s.name.endswith("_total")}
+    assert events["decisions"] == 4 and events["commands_sent"] >= 3 and events["health_signals"] == 4 * 4
+    assert metrics["tamiyo_policy_info"][0].labels["version"] == "heuristic-v1"
+    assert [s.value for s in metrics["tamiyo_decision_batch_seconds"] if s.name.endswith("_count")][0] >= 1
+    assert [s.value for s in metrics["tamiyo_commit_holds"]] == [0.0]
     for collector in (experience, commands, deadletter):
         collector.close()
