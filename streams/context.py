@@ -47,6 +47,9 @@ class WorkerContext:
     # outcomes may need: the policy agent's decider wakes at once instead of at its next poll.
     wake_decider: asyncio.Event = field(default_factory=asyncio.Event)
     folded: set[str] = field(default_factory=set)  # waiting models folded since the decider last looked
+    # Outcomes partition -> offset after the last outcome the policy agent handled (decided, parked
+    # or dead-lettered): the window-close trigger's "caught up", which held commits lag behind.
+    outcomes_handled: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.parked_signals = Parking(self.settings.park_seconds, self.settings.park_capacity)

@@ -79,6 +79,10 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
         async for events in stream.take_events(settings.policy_batch_max, within=settings.policy_batch_within_s):
             async with deciding:
                 await process_safely(ctx, app.producer, process_batch, [from_faust_event(e) for e in events])
+            handled = ctx.outcomes_handled
+            for event in events:
+                message = event.message
+                handled[message.partition] = max(handled.get(message.partition, 0), message.offset + 1)
 
     return policy
 
@@ -276,7 +280,15 @@ async def decide_on_window_close(app: faust.App, ctx: WorkerContext, outbox: Out
     topic = settings.topics.outcomes
     started = time.perf_counter()
     closed = window_close.closed_until(now, settings.window_seconds, settings.window_close_grace_seconds)
-    caught_up = {p for p in owned if marks.caught_up(p, closed, *highwater_and_committed(app.consumer, TP(topic, p)))}
+    for gone in set(ctx.outcomes_handled) - owned:
+        del ctx.outcomes_handled[gone]
+    caught_up = set()
+    for p in owned:
+        end, committed = highwater_and_committed(app.consumer, TP(topic, p))
+        # Handled, not only committed: a parked outcome holds its partition's commit back (its own
+        # model is put off below), and the partition's other models must not wait for it.
+        if marks.caught_up(p, closed, end, max(committed, ctx.outcomes_handled.get(p, 0))):
+            caught_up.add(p)
     waiting = set(ctx.parked_outcomes.models()) | set(ctx.waiting_for_signals.models())
 
     def decided(model_id: str, run_id: str) -> int:

@@ -41,18 +41,23 @@ def by_model(messages: list) -> dict[str, list[dict]]:
 def test_closed_window_decides_without_outcome_and_each_epoch_once(topics_ready, start_worker) -> None:
     settings = topics_ready
     topics = settings.topics
-    worker = start_worker(**FAST_WINDOWS, TAMIYO_SIGNAL_WAIT_SECONDS="15")
+    worker = start_worker(**FAST_WINDOWS, TAMIYO_SIGNAL_WAIT_SECONDS="15", TAMIYO_PARK_SECONDS="600")
     experience = TopicCollector(settings, topics.experience)
     commands = TopicCollector(settings, topics.commands)
     produce_records(settings, topics.topology, "ModelTopology", [topology("m-silent"), topology("m-talks")])
     time.sleep(0.5)
     # Epochs 0 and 1 ended, epoch 2 is running.
     produce_records(settings, topics.health, "HealthSignal", signals_of_epochs(["m-silent", "m-talks"], range(3)))
-    produce_records(settings, topics.outcomes, "EpochOutcome", [outcome("m-talks", 1)])
+    # An outcome of a model without topology, on m-silent's partition, waits (parked, its commit held)
+    # for the whole test: the partition's other models are still decided when their window closes.
+    orphan = next(m for m in (f"m-orphan-{i}" for i in range(100))
+                  if partition_for(m.encode(), settings.partitions) == partition_for(b"m-silent", settings.partitions))
+    produce_records(settings, topics.outcomes, "EpochOutcome", [outcome("m-talks", 1), outcome(orphan, 1)])
 
-    experience.wait_for(lambda ms: {"m-silent", "m-talks"} <= set(by_model(ms)), timeout=120, alive=worker.alive)
+    experience.wait_for(lambda ms: {"m-silent", "m-talks"} <= set(by_model(ms)), timeout=90, alive=worker.alive)
     experience.poll(2 * (2 + 1) + 2)  # two more window closes: nothing else may be decided
     decided = by_model(experience.messages)
+    assert orphan not in decided
     silent, = decided["m-silent"]
     assert (silent["epoch"], silent["trigger"]) == (1, "window_close")
     assert silent["decision_id"] == decision_id("m-silent", "run-1", 1)
