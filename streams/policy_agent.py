@@ -143,7 +143,9 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
             else:
                 ctx.waiting_for_signals.park(model_id, (record, event), deadline=deadline)
     items = waited_out + items
-    finished = [event for _, event in ctx.parked_outcomes.expired()]  # held events whose handling ends here
+    # Held events whose handling ends here: without a decision, or with one of this call's decisions.
+    finished = [event for _, event in ctx.parked_outcomes.expired()]
+    deciding: list[tuple[dict, Any]] = []
     if finished:
         ctx.counters.skipped_no_topology += len(finished)
         log.warning("%d epoch outcomes expired without a topology; not decided", len(finished))
@@ -163,12 +165,23 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
             continue
         item = _prepare(ctx, record, cfg, due.get(model_id))
         if item is not None:
-            due[model_id] = (item, event)
-        finished += [event] if held else []
-    await _send_decisions(ctx, outbox, due, cfg, started)
-    # Delivered (or nothing to deliver): the outcomes need not be read again. Not on an exception:
-    # then the holds stay until the worker restarts and re-reads from the held offset.
-    release_commit(finished)
+            due[model_id] = (item, event)  # an earlier epoch of the model is settled by this decision
+            deciding += [(record, event)] if held else []
+        else:
+            finished += [event] if held else []
+    try:
+        await _send_decisions(ctx, outbox, due, cfg, started)
+    except BaseException:
+        # Held outcomes taken out of parking for this call are not in the batch the caller retries:
+        # park them again (their model has a topology, so the next call takes them out at once).
+        for record, event in deciding:
+            if not ctx.parked_outcomes.park(record["model_id"], (record, event)):
+                log.error("parking is full: epoch outcome %s/%s left to a restart (its commit is held)",
+                          record["model_id"], record["epoch"])
+        release_commit(finished)
+        raise
+    # Delivered (or nothing to deliver): the outcomes need not be read again.
+    release_commit(finished + [event for _, event in deciding])
 
 
 def _hold(event: Any, held: bool) -> None:
