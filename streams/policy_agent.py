@@ -232,7 +232,6 @@ async def _send_decisions(ctx: WorkerContext, outbox: Outbox, due: dict[str, tup
             ctx.gate_state[decision.record["model_id"]] = decision.gate
     if ctx.metrics is not None:
         ctx.metrics.observe_decisions(len(made), time.perf_counter() - started, serving.version)
-        ctx.metrics.observe_counters(ctx.counters)
 
 
 def _prepare(ctx: WorkerContext, outcome: dict, cfg: Any, pending: tuple | None) -> DueModel | None:

@@ -94,8 +94,6 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     if resolved:
         await outbox.flush()
         release_commit(resolved)
-    if ctx.metrics is not None:
-        ctx.metrics.observe_counters(ctx.counters)
 
 
 def has_topology_for(ctx: WorkerContext, record: dict) -> bool:

@@ -31,10 +31,10 @@ def run_worker(settings: Settings) -> int:
         poller = start_champion_poller(settings, ctx)
 
     @app.timer(interval=5.0)
-    async def lag() -> None:
+    async def refresh_metrics() -> None:
         if ctx.metrics is not None:
             ctx.metrics.observe_lag(await consumer_lag(app), held_messages())
-            ctx.metrics.observe_counters(ctx.counters)  # also when nothing is decided (dead letters only)
+            ctx.metrics.observe_counters(ctx.counters)  # here only: not on the agents' per-batch paths
 
     reports = [0]
     stalls = LoopStalls(report_over_ms=settings.stall_report_ms)
