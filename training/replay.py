@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,45 +91,36 @@ def replay(
     counted in ``DataWindow.skipped`` without being decoded; a record without the header is decoded.
     """
     topic = settings.topics.experience
-    consumer = make_consumer(settings)  # one connection for the lookups and the read (~50 ms each)
-    try:
-        return _replay(settings, consumer, topic, start_ms, end_ms, start_offsets, end_offsets, progress, types)
-    finally:
-        consumer.close()
-
-
-def _replay(settings: Settings, consumer: Consumer, topic: str, start_ms: int | None, end_ms: int | None,
-            start_offsets: dict[int, int] | None, end_offsets: dict[int, int] | None, progress: bool,
-            types: Collection[str] | None) -> tuple[list[ExperienceRecord], DataWindow]:
-    start = start_offsets or offsets_for_time(settings, topic, start_ms, "beginning", consumer)
-    stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end", consumer)
-    window = DataWindow(topic, dict(start), dict(stop), start_ms, end_ms)
-    total = sum(max(0, stop.get(p, 0) - start.get(p, 0)) for p in stop)
-    wanted = {name.encode() for name in types} if types is not None else None
-    timed = start_ms is not None or end_ms is not None
-    records: list[ExperienceRecord] = []
-    with tqdm(total=total, unit="rec", desc="replay", disable=not progress, leave=False) as bar, gc_paused():
-        for batch in read_batches(settings, topic, start, stop, consumer=consumer):
-            bar.update(len(batch))
-            for message in batch:
-                ts = message.timestamp()[1]
-                if timed and ((start_ms is not None and ts < start_ms) or (end_ms is not None and ts >= end_ms)):
-                    continue
-                if wanted is not None and not _wanted(message.headers(), wanted):
-                    window.skipped += 1
-                    continue
-                try:
-                    decoded = decode(message.value())
-                except DecodeError as exc:
-                    window.undecodable += 1
-                    log.warning("undecodable experience record at %d/%d: %s", message.partition(), message.offset(),
-                                exc)
-                    continue
-                if types is not None and decoded.name not in types:
-                    window.skipped += 1
-                    continue
-                records.append(ExperienceRecord(decoded.name, decoded.value, message.partition(), message.offset(),
-                                                ts))
+    with closing(make_consumer(settings)) as consumer:  # one connection for the lookups and the read
+        start = start_offsets or offsets_for_time(settings, topic, start_ms, "beginning", consumer)
+        stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end", consumer)
+        window = DataWindow(topic, dict(start), dict(stop), start_ms, end_ms)
+        total = sum(max(0, stop.get(p, 0) - start.get(p, 0)) for p in stop)
+        wanted = {name.encode() for name in types} if types is not None else None
+        timed = start_ms is not None or end_ms is not None
+        records: list[ExperienceRecord] = []
+        with tqdm(total=total, unit="rec", desc="replay", disable=not progress, leave=False) as bar, gc_paused():
+            for batch in read_batches(settings, topic, start, stop, consumer=consumer):
+                bar.update(len(batch))
+                for message in batch:
+                    ts = message.timestamp()[1]
+                    if timed and ((start_ms is not None and ts < start_ms) or (end_ms is not None and ts >= end_ms)):
+                        continue
+                    if wanted is not None and not _wanted(message.headers(), wanted):
+                        window.skipped += 1
+                        continue
+                    try:
+                        decoded = decode(message.value())
+                    except DecodeError as exc:
+                        window.undecodable += 1
+                        log.warning("undecodable experience record at %d/%d: %s", message.partition(), message.offset(),
+                                    exc)
+                        continue
+                    if types is not None and decoded.name not in types:
+                        window.skipped += 1
+                        continue
+                    records.append(ExperienceRecord(decoded.name, decoded.value, message.partition(), message.offset(),
+                                                    ts))
     window.records = len(records)
     return records, window
 
