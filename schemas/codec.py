@@ -286,9 +286,8 @@ def _confluent_writer(data: bytes, lookup: bool) -> _Schema:
     return ids.resolve(schema_id)
 
 
-def decode(data: bytes | None, lookup: bool = True) -> Decoded:
-    """Decode a single-object or Confluent-framed message, resolving old versions to the current
-    schema. ``lookup=False`` never asks the registry (unresolved ids are rejected)."""
+def writer_of(data: bytes | None, lookup: bool = True) -> tuple[_Schema, int]:
+    """The writer schema named by a message's header, and where its Avro body starts."""
     if data is not None and len(data) >= CONFLUENT_HEADER_SIZE and data[0] == CONFLUENT_MAGIC:
         writer, start = _confluent_writer(data, lookup), CONFLUENT_HEADER_SIZE
     else:
@@ -302,6 +301,18 @@ def decode(data: bytes | None, lookup: bool = True) -> Decoded:
         if writer is None:
             raise DecodeError("unknown_schema", f"fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known schema")
         start = HEADER_SIZE
+    return writer, start
+
+
+def decode(data: bytes | None, lookup: bool = True) -> Decoded:
+    """Decode a single-object or Confluent-framed message, resolving old versions to the current
+    schema. ``lookup=False`` never asks the registry (unresolved ids are rejected)."""
+    writer, start = writer_of(data, lookup)
+    return Decoded(writer.name, read_body(writer, data, start))
+
+
+def read_body(writer: _Schema, data: bytes, start: int) -> dict[str, Any]:
+    """The Avro body at ``start`` written with ``writer``, resolved to the current schema of its name."""
     reader = registry().current.get(writer.name, writer)
     buf = io.BytesIO(data)
     buf.seek(start)
@@ -312,7 +323,7 @@ def decode(data: bytes | None, lookup: bool = True) -> Decoded:
         raise DecodeError("bad_body", f"{writer.name} body does not decode: {type(exc).__name__}: {exc}") from None
     if buf.tell() != len(data):
         raise DecodeError("bad_body", f"{writer.name} body has {len(data) - buf.tell()} trailing bytes")
-    return Decoded(writer.name, value)
+    return value
 
 
 def decode_as(name: str, data: bytes | None, lookup: bool = True) -> dict[str, Any]:

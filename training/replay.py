@@ -12,7 +12,8 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
-from schemas import DecodeError, decode
+from schemas import DecodeError
+from schemas.numeric_arrays import decode_arrays
 from streams.archive import TYPE_HEADER
 from streams.kafka.clients import make_consumer
 from streams.kafka.reader import partitions_of, read_batches, watermarks
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExperienceRecord:
-    """One archived message: its record type, fields, and where it sits on the experience topic."""
+    """One archived message: its record type, fields, and where it sits on the experience topic.
+    Float arrays (a DecisionRecord's node_features and distribution) are numpy arrays: see
+    ``schemas.numeric_arrays``."""
 
     name: str
     value: dict[str, Any]
@@ -110,7 +113,7 @@ def replay(
                         window.skipped += 1
                         continue
                     try:
-                        decoded = decode(message.value())
+                        decoded = decode_arrays(message.value())
                     except DecodeError as exc:
                         window.undecodable += 1
                         log.warning("undecodable experience record at %d/%d: %s", message.partition(), message.offset(),

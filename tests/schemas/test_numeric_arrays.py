@@ -1,0 +1,137 @@
+"""decode_arrays: the same values as decode, float arrays as numpy arrays, same errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import schemas.codec as codec
+import schemas.numeric_arrays as numeric_arrays
+from schemas import DecodeError, decode, encode
+from schemas.codec import SCHEMA_DIR, SchemaRegistry
+from schemas.numeric_arrays import decode_arrays, read_matrix, read_vector
+from tests.samples import SAMPLES
+
+F4, F8 = np.dtype("<f4"), np.dtype("<f8")
+
+
+def _long(n: int) -> bytes:
+    """Avro zig-zag varint."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        byte = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _decision(layers: int, features: int, kernels: int = 2, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    dist = rng.random(1 + layers * kernels)
+    dist /= dist.sum()
+    return SAMPLES["DecisionRecord"] | {
+        "distribution": dist.tolist(), "kernels": [f"k{i}" for i in range(kernels)],
+        "feature_names": [f"f{i}" for i in range(features)], "layer_names": [f"l{i}" for i in range(layers)],
+        "node_features": rng.normal(size=(layers, features)).astype(np.float32).tolist(),
+        "edge_source": list(range(max(0, layers - 1))), "edge_target": list(range(1, layers)),
+        "propensity": float(dist[0]),
+    }
+
+
+def _same(plain: dict, arrays: dict) -> None:
+    assert plain.keys() == arrays.keys()
+    for key, value in plain.items():
+        if key in ("distribution", "node_features"):
+            assert isinstance(arrays[key], np.ndarray)
+            assert np.array_equal(np.asarray(value, dtype=arrays[key].dtype).reshape(arrays[key].shape), arrays[key])
+        else:
+            assert arrays[key] == value, key
+
+
+@pytest.mark.parametrize("layers,features", [(1, 1), (12, 19), (40, 3), (0, 0), (200, 19)])
+def test_decision_records_decode_to_the_same_values_with_arrays(layers: int, features: int) -> None:
+    record = _decision(layers, features, seed=layers)
+    data = encode("DecisionRecord", record)
+    plain, arrays = decode(data).value, decode_arrays(data).value
+    _same(plain, arrays)
+    assert arrays["distribution"].dtype == np.float64 and arrays["node_features"].dtype == np.float32
+    assert arrays["node_features"].shape == ((layers, features) if layers else (0, 0))
+    assert arrays["node_features"].flags.writeable and arrays["node_features"].flags.c_contiguous
+
+
+def test_other_records_decode_exactly_as_decode_does() -> None:
+    for name, sample in SAMPLES.items():
+        if name == "DecisionRecord":
+            continue
+        data = encode(name, sample)
+        assert decode_arrays(data) == decode(data), name
+
+
+def test_corrupt_bodies_are_decode_errors() -> None:
+    data = encode("DecisionRecord", _decision(12, 19))
+    for broken in (data[:-3], data[: len(data) // 2], data + b"\x00"):
+        with pytest.raises(DecodeError) as err:
+            decode_arrays(broken)
+        assert err.value.kind == "bad_body"
+    with pytest.raises(DecodeError) as err:
+        decode_arrays(b"\xc3\x01" + b"\x00" * 8)
+    assert err.value.kind == "unknown_schema"
+
+
+def test_vectors_in_several_blocks_and_with_byte_sizes() -> None:
+    a, b = np.array([1.5, -2.0], F8), np.array([3.25], F8)
+    data = _long(2) + a.tobytes() + _long(-1) + _long(8) + b.tobytes() + _long(0) + b"tail"
+    got, end = read_vector(data, 0, F8)
+    assert got.tolist() == [1.5, -2.0, 3.25] and data[end:] == b"tail"
+    got, end = read_vector(_long(0), 0, F4)
+    assert got.shape == (0,) and end == 1
+
+
+def _row(values: list[float]) -> bytes:
+    return (_long(len(values)) + np.asarray(values, F4).tobytes() + _long(0)) if values else _long(0)
+
+
+def test_matrices_ragged_split_or_uniform() -> None:
+    uniform = _long(3) + b"".join(_row([i, i + 0.5]) for i in range(3)) + _long(0) + b"!"
+    got, end = read_matrix(uniform, 0, F4)
+    assert isinstance(got, np.ndarray) and got.tolist() == [[0, 0.5], [1, 1.5], [2, 2.5]] and uniform[end:] == b"!"
+    ragged = _long(2) + _row([1.0]) + _row([2.0, 3.0]) + _long(0)
+    got, end = read_matrix(ragged, 0, F4)
+    assert [r.tolist() for r in got] == [[1.0], [2.0, 3.0]] and end == len(ragged)
+    # Two outer blocks, the second with a byte size; a row split into two blocks.
+    split_row = _long(1) + np.asarray([4.0], F4).tobytes() + _long(1) + np.asarray([5.0], F4).tobytes() + _long(0)
+    blocks = _long(1) + _row([6.0, 7.0]) + _long(-1) + _long(len(split_row)) + split_row + _long(0)
+    got, end = read_matrix(blocks, 0, F4)
+    assert got.tolist() == [[6.0, 7.0], [4.0, 5.0]] and end == len(blocks)
+    # Rows whose first item count looks uniform but whose later rows differ.
+    tricky = _long(2) + _row([1.0, 2.0]) + _row([3.0]) + _long(0)
+    got, _ = read_matrix(tricky, 0, F4)
+    assert [r.tolist() for r in got] == [[1.0, 2.0], [3.0]]
+    empty, end = read_matrix(_long(0), 0, F4)
+    assert empty.shape == (0, 0) and end == 1
+
+
+def test_messages_of_an_older_version_are_resolved_then_converted(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    v1 = json.loads((SCHEMA_DIR / "DecisionRecord.avsc").read_text())
+    v2 = json.loads(json.dumps(v1))
+    v2["fields"].append({"name": "note", "type": ["null", "string"], "default": None})
+    (tmp_path / "releases").mkdir()
+    (tmp_path / "releases" / "DecisionRecord.v1.avsc").write_text(json.dumps(v1))
+    (tmp_path / "releases" / "DecisionRecord.v2.avsc").write_text(json.dumps(v2))
+    (tmp_path / "DecisionRecord.avsc").write_text(json.dumps(v2))
+    record = _decision(5, 4)
+    old = encode("DecisionRecord", record)  # today's schema is v1 of the evolved registry
+    evolved = SchemaRegistry(tmp_path)
+    monkeypatch.setattr(codec, "registry", lambda: evolved)
+    monkeypatch.setattr(numeric_arrays, "registry", lambda: evolved)
+    value = decode_arrays(old).value
+    assert value["note"] is None
+    _same({k: v for k, v in record.items()}, {k: v for k, v in value.items() if k != "note"})
