@@ -70,6 +70,13 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
     }
+    if group_id is None:
+        # librdkafka replaces its bootstrap connection once it learns the broker's id, and the first
+        # request of a new client waits out that reconnect backoff (default 100 ms with jitter):
+        # measured 55 ms before the first metadata answer, 15 ms with 10 ms. Readers are short-lived
+        # (replay, status, tallies), so that wait was most of a small read; backoff still doubles
+        # on failures up to reconnect.backoff.max.ms.
+        conf["reconnect.backoff.ms"] = 10
     conf.update(overrides)
     use_wire_format(settings, write=False)
     return Consumer(conf)
