@@ -26,6 +26,9 @@ class Counters:
     skipped_no_topology: int = 0
     signal_waits: int = 0  # epoch outcomes that arrived before their epoch's signals were folded
     signal_wait_timeouts: int = 0  # of those, decided at TAMIYO_SIGNAL_WAIT_SECONDS without them all
+    stale_signals: int = 0  # signals of a run a newer run of their model replaced: archived, not folded
+    stale_outcomes: int = 0  # epoch outcomes of such runs: archived, not decided
+    stale_topologies: int = 0  # topologies of such runs: archived, not stored
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

@@ -23,7 +23,7 @@ from streams.faust_compat import (PartitionEvent, active_partitions, as_current,
 from streams.intake import Accepted, accept, from_faust_event
 from streams.outbox import Outbox
 from streams.resilience import process_safely
-from streams.telemetry import has_topology_for, window_at
+from streams.telemetry import has_topology_for, run_superseded, window_at
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,10 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
     due: dict[str, tuple[DueModel, Any]] = {}
     for record, event, deadline, waited, held in items:
         model_id = record["model_id"]
+        if run_superseded(ctx, record):  # a newer run of the model started: nothing to decide
+            ctx.counters.stale_outcomes += 1
+            finished += [event] if held else []
+            continue
         if not has_topology_for(ctx, record):
             if ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
                 _hold(event, held)

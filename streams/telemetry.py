@@ -67,14 +67,22 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
             await archive(outbox, topics.experience, result.name, raw)
             ctx.counters.archived += 1
             with as_current(raw.event):
-                ctx.topologies[model_id] = result.record
+                stored = store_topology(ctx, result.record)
+            if not stored:
+                ctx.counters.stale_topologies += 1
+                continue
             ctx.counters.topologies += 1
             for deadline, parked in ctx.parked_signals.release(model_id):
                 if has_topology_for(ctx, parked.record):
                     await _signal(ctx, outbox, parked, folds, event=raw.event)
                     resolved.append(parked.raw.event)
+                elif run_superseded(ctx, parked.record):
+                    await _stale_signal(ctx, outbox, parked)
+                    resolved.append(parked.raw.event)
                 else:
                     ctx.parked_signals.park(model_id, parked, deadline=deadline)
+        elif run_superseded(ctx, result.record):
+            await _stale_signal(ctx, outbox, result)
         elif not has_topology_for(ctx, result.record):
             if not ctx.parked_signals.park(result.record["model_id"], result):
                 await _reject(ctx, outbox, Rejected(raw, "unknown_model", "no topology for run "
@@ -100,6 +108,38 @@ def has_topology_for(ctx: WorkerContext, record: dict) -> bool:
     """True when the model's latest topology belongs to the record's run (runs change layers)."""
     topology = ctx.topologies.get(record["model_id"])
     return bool(topology) and topology["run_id"] == record["run_id"]
+
+
+#: Runs per model remembered as superseded (stored with the topology, so in its changelog too).
+SUPERSEDED_RUNS = 8
+
+
+def store_topology(ctx: WorkerContext, record: dict) -> bool:
+    """Make ``record`` its model's topology, remembering the run it replaces as superseded.
+
+    Returns False, and keeps the current topology, for a topology of a superseded run: topologies
+    arrive in order on their topic, so that is a duplicate re-read after a restart, or a host
+    that went back to an old run id. Must run with the message's event current (a table write).
+    """
+    model_id = record["model_id"]
+    current = ctx.topologies.get(model_id)
+    superseded = list(current.get("superseded_runs", ())) if current else []
+    if record["run_id"] in superseded:
+        return False
+    if current and current["run_id"] != record["run_id"]:
+        superseded = (superseded + [current["run_id"]])[-SUPERSEDED_RUNS:]
+    ctx.topologies[model_id] = record | {"superseded_runs": superseded} if superseded else record
+    return True
+
+
+def run_superseded(ctx: WorkerContext, record: dict) -> bool:
+    """True when the record's run was replaced by a newer run of its model (a late message).
+
+    Health and topology are separate topics: under a backlog a run's last signals can be read
+    after the next run's topology. They must not be folded (a graph holds one run) nor wait for a
+    topology that will not come."""
+    topology = ctx.topologies.get(record["model_id"])
+    return bool(topology) and record["run_id"] in topology.get("superseded_runs", ())
 
 
 async def expire_parked(ctx: WorkerContext, outbox: Outbox) -> list[Any]:
@@ -137,6 +177,13 @@ def layer_names_of(model_id: str, topology: dict) -> frozenset[str]:
 def signals_of(accepted: Accepted) -> list[dict]:
     """The HealthSignals a health message carries: itself, or the signals of a HealthReport."""
     return accepted.record["signals"] if accepted.name == "HealthReport" else [accepted.record]
+
+
+async def _stale_signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted) -> None:
+    """Archive the signals of a superseded run (they are experience) without folding them."""
+    await archive(outbox, ctx.settings.topics.experience, accepted.name, accepted.raw)
+    ctx.counters.archived += 1
+    ctx.counters.stale_signals += len(signals_of(accepted))
 
 
 async def _signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted,

@@ -75,3 +75,20 @@ def test_an_outcome_without_topology_is_held_until_it_expires(ctx, monkeypatch) 
         assert ctx.counters.skipped_no_topology == 1
     finally:
         faust_compat.release_commit([orphan])
+
+
+def test_an_outcome_of_a_superseded_run_is_released_undecided(ctx, monkeypatch) -> None:
+    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float) -> None:
+        assert not due  # the model moved on to run r2: nothing to decide for r
+
+    monkeypatch.setattr(policy_agent, "_send_decisions", send)
+    parked, late = event(11), event(12)
+    try:
+        faust_compat.hold_commit(parked)  # parked before run r's topology; then r2 replaced r
+        ctx.parked_outcomes.park("m", ({"model_id": "m", "run_id": "r", "epoch": 6}, parked))
+        ctx.topologies = {"m": {"run_id": "r2", "superseded_runs": ["r"]}}
+        asyncio.run(policy_agent.decide_and_send(ctx, None, [({"model_id": "m", "run_id": "r", "epoch": 7}, late, None)]))
+        assert len(ctx.parked_outcomes) == 0 and faust_compat.held_messages() == 0
+        assert ctx.counters.stale_outcomes == 2 and ctx.counters.skipped_no_topology == 0
+    finally:
+        faust_compat.release_commit([parked])

@@ -142,5 +142,32 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
     assert metrics["tamiyo_policy_info"][0].labels["version"] == "heuristic-v1"
     assert [s.value for s in metrics["tamiyo_decision_batch_seconds"] if s.name.endswith("_count")][0] >= 1
     assert [s.value for s in metrics["tamiyo_commit_holds"]] == [0.0]
+
+    # m-b starts run-2; then run-1's last report and outcome arrive late (health, outcomes and
+    # topology are separate topics). They are archived, neither folded into run-2's graph nor
+    # decided nor left waiting for a topology that will never come; run-2 is decided as usual.
+    produce_records(settings, topics.topology, "ModelTopology", [dict(topology("m-b"), run_id="run-2")])
+    experience.wait_for(lambda ms: sum(header(m, TYPE_HEADER) == "ModelTopology" for m in ms) == 4, timeout=30)
+    produce_records(settings, topics.health, "HealthReport", [report("m-b", epoch=2)])
+    produce_records(settings, topics.outcomes, "EpochOutcome", [outcome("m-b", 2)])
+    run2 = [dict(s, run_id="run-2") for s in signals("m-b", epoch=1, sick="layers.1")]
+    produce_records(settings, topics.health, "HealthReport", [health_report("m-b", "run-2", run2)])
+    produce_records(settings, topics.outcomes, "EpochOutcome", [dict(outcome("m-b", 1), run_id="run-2")])
+    experience.wait_for(lambda ms: any(d["run_id"] == "run-2" for d in decisions_in(ms)), timeout=60,
+                        alive=worker.alive)
+    experience.wait_for(lambda ms: sum(header(m, TYPE_HEADER) == "HealthReport" for m in ms) == 4, timeout=30)
+    late = [decode(m.value()).value for m in experience.messages if header(m, TYPE_HEADER) == "HealthReport"]
+    assert ("m-b", "run-1") in {(r["model_id"], r["run_id"]) for r in late}
+    run2_decision = [d for d in decisions_in(experience.messages) if d["run_id"] == "run-2"]
+    assert len(run2_decision) == 1 and run2_decision[0]["layer_name"] == "layers.1"  # run-2's sick layer
+    assert not [d for d in decisions_in(experience.messages) if d["model_id"] == "m-b" and d["epoch"] == 2]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = {s.labels["kind"]: s.value for s in scrape(port)["tamiyo_events"] if s.name.endswith("_total")}
+        if events.get("stale_outcomes") == 1:
+            break
+        time.sleep(1.0)
+    assert events["stale_signals"] == 4 and events["stale_outcomes"] == 1 and events["dead_letters"] == 2
+    assert len(deadletter.messages) == 2
     for collector in (experience, commands, deadletter):
         collector.close()
