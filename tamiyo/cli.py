@@ -69,7 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     options = DemoOptions(duration_s=args.duration, hosts=args.hosts, host_epochs=args.host_epochs,
                           fleet_models=args.fleet_models, summary_path=args.summary,
                           bad_messages=args.bad_messages, learning=not args.no_learning,
-                          epsilon=args.epsilon)
+                          epsilon=args.epsilon, learner=args.learner)
     summary = run_demo(_settings(args), options)
     return 0 if summary["commands_applied"] > 0 else 1
 
@@ -136,12 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of traffic (half collecting, half on the learned policy)")
     p.add_argument("--hosts", type=int, default=2, help="real training hosts")
     p.add_argument("--host-epochs", type=int, default=8)
-    p.add_argument("--fleet-models", type=int, default=30, help="simulated models")
+    p.add_argument("--fleet-models", type=int, default=120, help="simulated models")
     p.add_argument("--bad-messages", type=int, default=5, help="malformed messages to inject")
     p.add_argument("--summary", default=None, help="also write the summary as JSON here")
     p.add_argument("--no-learning", action="store_true",
                    help="skip the learning phase (train, promote, hot-swap) and run the heuristic only")
-    p.add_argument("--epsilon", type=float, default=0.3, help="exploration of the demo's behaviour policy")
+    p.add_argument("--epsilon", type=float, default=0.5, help="exploration of the demo's behaviour policy")
+    p.add_argument("--learner", default="lcbq", help="offline learner of the learning phase (see tamiyo train)")
     return parser
 
 

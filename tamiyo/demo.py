@@ -40,14 +40,15 @@ class DemoOptions:
     duration_s: float = 90.0
     hosts: int = 2
     host_epochs: int = 8
-    fleet_models: int = 30
+    fleet_models: int = 120
     fleet_epoch_interval_s: float = 0.5
     bad_messages: int = 5
     summary_path: str | None = None
     drain_timeout_s: float = 30.0
     learning: bool = True
-    epsilon: float = 0.3
+    epsilon: float = 0.5
     train_epochs: int = 20
+    learner: str = "lcbq"
     champion_poll_s: float = 2.0
     swap_timeout_s: float = 60.0
     worker_ready_timeout_s: float = 180.0
@@ -250,7 +251,8 @@ def _learn_and_swap(settings: Settings, options: DemoOptions, tally: Tally,
     from training.registry import PolicyRegistry
 
     print("training a policy on the replayed experience topic ...")
-    config = TrainConfig(end_ms=int(time.time() * 1000), epochs=options.train_epochs, progress=True)
+    config = TrainConfig(learner=options.learner, end_ms=int(time.time() * 1000), epochs=options.train_epochs,
+                         progress=True)
     result = train(dataclasses.replace(settings, exploration_epsilon=0.0), config)
     print(f"challenger v{result.version}: {'promoted' if result.promoted else 'not promoted'} ({result.reason})")
     registry = PolicyRegistry(settings.tracking_uri, settings.registered_model)
