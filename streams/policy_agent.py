@@ -152,12 +152,11 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
     due: dict[str, tuple[DueModel, Any]] = {}
     for record, event, deadline, waited, held in items:
         model_id = record["model_id"]
-        if run_superseded(ctx, record):  # a newer run of the model started: nothing to decide
-            ctx.counters.stale_outcomes += 1
-            finished += [event] if held else []
-            continue
         if not has_topology_for(ctx, record):
-            if ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
+            if run_superseded(ctx, record):  # a newer run of the model started: nothing to decide
+                ctx.counters.stale_outcomes += 1
+                finished += [event] if held else []
+            elif ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
                 _hold(event, held)
             else:
                 ctx.counters.skipped_no_topology += 1

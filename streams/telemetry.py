@@ -81,10 +81,10 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
                     resolved.append(parked.raw.event)
                 else:
                     ctx.parked_signals.park(model_id, parked, deadline=deadline)
-        elif run_superseded(ctx, result.record):
-            await _stale_signal(ctx, outbox, result)
         elif not has_topology_for(ctx, result.record):
-            if not ctx.parked_signals.park(result.record["model_id"], result):
+            if run_superseded(ctx, result.record):
+                await _stale_signal(ctx, outbox, result)
+            elif not ctx.parked_signals.park(result.record["model_id"], result):
                 await _reject(ctx, outbox, Rejected(raw, "unknown_model", "no topology for run "
                                                     f"{result.record['run_id']!r} (parking is full)"))
             else:

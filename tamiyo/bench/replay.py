@@ -30,7 +30,7 @@ class ReplayConfig:
     models: int = 200
     epochs: int = 30
     epochs_per_run: int = 10
-    runs: int = 5
+    runs: int = 3
     seed: int = 0
 
 
