@@ -55,6 +55,17 @@ def active_partitions(app: Any, topic: str) -> set[int]:
         return set()
 
 
+def tables_settled(app: Any) -> bool:
+    """False from the start of a rebalance until Faust resumes the streams after table recovery.
+
+    Meanwhile the tables of newly assigned partitions are only partly read back from their
+    changelogs: a timer or task that reads them then (the gate state's last decided epoch, a
+    window) sees an older state than the one the previous owner acted on. Agents are paused by
+    Faust until then; timers and tasks are not.
+    """
+    return not (getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False))
+
+
 def highwater_and_committed(consumer: Any, tp: Any) -> tuple[int | None, int]:
     """The high watermark of ``tp`` as last fetched (None before any fetch) and the committed offset.
 

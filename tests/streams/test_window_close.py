@@ -108,3 +108,32 @@ def test_the_trigger_is_on_by_default_and_its_settings_are_checked(monkeypatch: 
         Settings.from_env(window_close_trigger="yes")
     with pytest.raises(ValueError, match="TAMIYO_WINDOW_CLOSE_GRACE_SECONDS"):
         Settings.from_env(window_close_grace_seconds=60.0, window_expires_seconds=60.0)
+
+
+def test_no_window_close_scan_while_tables_recover(monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a rebalance the gate state of a partition taken over is only partly recovered: the
+    scan waits (and runs on the first tick after, even if nothing else changed)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams import policy_agent
+    from streams.faust_compat import tables_settled
+
+    scans: list[frozenset] = []
+
+    async def scan(app, ctx, outbox, now, owned, marks):  # stands in for the real scan
+        scans.append(owned)
+        return 0, 0
+
+    monkeypatch.setattr(policy_agent, "decide_on_window_close", scan)
+    monkeypatch.setattr(policy_agent, "active_partitions", lambda app, topic: {0, 1})
+    ctx = SimpleNamespace(settings=Settings.from_env(bootstrap_servers="127.0.0.1:1", topic_prefix="t"))
+    app = SimpleNamespace(rebalancing=True, in_recovery=False)
+    ticker = policy_agent.WindowCloseScan()
+    assert not tables_settled(app)
+    assert asyncio.run(ticker.tick(app, ctx, None)) == 0 and scans == []
+    app.rebalancing, app.in_recovery = False, True  # streams not resumed until recovery ends
+    assert asyncio.run(ticker.tick(app, ctx, None)) == 0 and scans == []
+    app.in_recovery = False
+    asyncio.run(ticker.tick(app, ctx, None))
+    assert scans == [frozenset({0, 1})] and tables_settled(app)
