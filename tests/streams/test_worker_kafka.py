@@ -161,13 +161,22 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
     run2_decision = [d for d in decisions_in(experience.messages) if d["run_id"] == "run-2"]
     assert len(run2_decision) == 1 and run2_decision[0]["layer_name"] == "layers.1"  # run-2's sick layer
     assert not [d for d in decisions_in(experience.messages) if d["model_id"] == "m-b" and d["epoch"] == 2]
+    # run-1's topology read again (a re-read after a restart) does not replace run-2's: run-2 goes on.
+    produce_records(settings, topics.topology, "ModelTopology", [topology("m-b")])
+    experience.wait_for(lambda ms: sum(header(m, TYPE_HEADER) == "ModelTopology" for m in ms) == 5, timeout=30)
+    produce_records(settings, topics.health, "HealthReport",
+                    [health_report("m-b", "run-2", [dict(s, run_id="run-2") for s in signals("m-b", epoch=2)])])
+    produce_records(settings, topics.outcomes, "EpochOutcome", [dict(outcome("m-b", 2), run_id="run-2")])
+    experience.wait_for(lambda ms: len([d for d in decisions_in(ms) if d["run_id"] == "run-2"]) == 2, timeout=60,
+                        alive=worker.alive)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         events = {s.labels["kind"]: s.value for s in scrape(port)["tamiyo_events"] if s.name.endswith("_total")}
-        if events.get("stale_outcomes") == 1:
+        if events.get("stale_outcomes") == 1 and events.get("stale_topologies") == 1:
             break
         time.sleep(1.0)
-    assert events["stale_signals"] == 4 and events["stale_outcomes"] == 1 and events["dead_letters"] == 2
+    assert events["stale_signals"] == 4 and events["stale_outcomes"] == 1 and events["stale_topologies"] == 1
+    assert events["dead_letters"] == 2
     assert len(deadletter.messages) == 2
     for collector in (experience, commands, deadletter):
         collector.close()
