@@ -189,3 +189,19 @@ def test_replay_by_type_skips_other_records_undecoded_and_keeps_the_episodes(top
     expected = by_id(transitions(group_episodes(as_records(items)), CFG, end))
     assert {k: (t.reward, t.action) for k, t in replayed.items()} == {k: (t.reward, t.action)
                                                                       for k, t in expected.items()}
+
+
+def test_gc_paused_freezes_what_it_kept_alive_and_reenables_the_collector() -> None:
+    import gc
+
+    from training.replay import gc_paused
+
+    before = gc.get_freeze_count()
+    try:
+        with gc_paused():
+            with gc_paused():  # nested: only the outermost freezes and re-enables
+                kept = [[i] for i in range(10_000)]
+            assert not gc.isenabled() and gc.get_freeze_count() == before
+        assert gc.isenabled() and gc.get_freeze_count() >= before + len(kept)
+    finally:
+        gc.unfreeze()
