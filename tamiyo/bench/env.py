@@ -219,16 +219,13 @@ def produce(settings: Settings, topic: str, records: list[Record], **overrides: 
 
 def topic_total(settings: Settings, topic: str, consumer: Any = None) -> int:
     """Sum of the partitions' high watermarks (records ever written, for a fresh topic)."""
-    from confluent_kafka import TopicPartition
-
     from streams.kafka.clients import make_consumer
-    from streams.kafka.reader import partitions_of
+    from streams.kafka.reader import partitions_of, watermarks
 
     own = consumer is None
     consumer = consumer or make_consumer(settings)
     try:
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
-                   for p in partitions_of(consumer, topic))
+        return sum(watermarks(consumer, topic, p)[1] for p in partitions_of(consumer, topic))
     finally:
         if own:
             consumer.close()
@@ -263,7 +260,9 @@ class OffsetWatch:
         self.cpu: list[float | None] = []
 
     def sample(self) -> int:
-        total = sum(self.consumer.get_watermark_offsets(tp, timeout=10.0)[1] for tp in self.parts)
+        from streams.kafka.reader import watermarks  # retries while a new topic has no leader yet
+
+        total = sum(watermarks(self.consumer, tp.topic, tp.partition)[1] for tp in self.parts)
         self.samples.append((time.monotonic(), total))
         self.cpu.append(_cpu_seconds(self.pids) if self.pids else None)
         return total
