@@ -11,6 +11,8 @@ sleep wakes up; both are in the worker's periodic counters log line.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import gc
 import logging
 import sys
@@ -127,5 +129,18 @@ def freeze_startup_heap(collect: bool = True) -> int:
     ``collect`` is False: a running worker must not stop for it); returns how many are frozen."""
     if collect:
         gc.collect()
+    return freeze_heap()
+
+
+def freeze_heap() -> int:
+    """``gc.freeze()``, undone at exit: the interpreter's last collection must still reach reference
+    cycles that were live when frozen (native extensions such as triton's report them as leaked
+    instances otherwise). Returns how many objects are frozen."""
+    _unfreeze_at_exit()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+@functools.cache
+def _unfreeze_at_exit() -> None:
+    atexit.register(gc.unfreeze)

@@ -17,6 +17,7 @@ from schemas.numeric_arrays import decode_arrays
 from streams.archive import TYPE_HEADER
 from streams.kafka.clients import make_consumer
 from streams.kafka.reader import partitions_of, read_batches, watermarks
+from streams.pauses import freeze_heap
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)
@@ -138,14 +139,14 @@ def gc_paused() -> Iterator[None]:
     otherwise the first collection after the pause walks everything allocated during it (~10 % of
     a replay to tensors, measured). Frozen objects are still freed by reference counting when
     dropped; only a reference cycle among them would never be collected — the records, episodes
-    and arrays built here have none."""
+    and arrays built here have none (``freeze_heap`` unfreezes at exit)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            gc.freeze()
+            freeze_heap()
             gc.enable()
 
 
