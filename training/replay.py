@@ -138,8 +138,8 @@ def gc_paused() -> Iterator[None]:
     On the way out the live heap is frozen (``gc.freeze``) before the collector is enabled again:
     otherwise the first collection after the pause walks everything allocated during it (~10 % of
     a replay to tensors, measured). Frozen objects are still freed by reference counting when
-    dropped; only a reference cycle among them would never be collected — the records, episodes
-    and arrays built here have none (``freeze_heap`` unfreezes at exit)."""
+    dropped; only a reference cycle among them would wait for the process's exit (``freeze_heap``
+    unfreezes then) — the records, episodes and arrays built here have none."""
     enabled = gc.isenabled()
     gc.disable()
     try:
