@@ -172,6 +172,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     """Run the demo; with ``options.learning`` the whole loop: collect, train, promote, hot-swap."""
     from tamiyo.broker import start_broker
 
+    if options.learning:
+        from training.job import TrainConfig
+
+        TrainConfig(learner=options.learner).validate()  # a wrong --learner fails now, not after collecting
     workdir = settings.data_dir / "demo"
     broker = None
     if not settings.bootstrap_servers:

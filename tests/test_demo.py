@@ -63,3 +63,10 @@ def test_bad_messages_cover_several_kinds() -> None:
     messages = bad_messages(5)
     assert len({value[:2] for _, value in messages}) >= 2
     assert None in {key for key, _ in messages}
+
+
+def test_an_unknown_learner_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    settings = Settings.from_env(bootstrap_servers="", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="learner must be one of"):
+        run_demo(settings, DemoOptions(learner="nope"))
+    assert not (tmp_path / "demo").exists()  # no broker, no processes, no files
