@@ -16,14 +16,14 @@ from schemas import DecodeError
 from schemas.numeric_arrays import decode_arrays
 from streams.archive import TYPE_HEADER
 from streams.kafka.clients import make_consumer
-from streams.kafka.reader import partitions_of, read_batches, watermarks
+from streams.kafka.reader import all_watermarks, read_batches
 from streams.pauses import freeze_heap
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x (a replay makes ~10^5)
 class ExperienceRecord:
     """One archived message: its record type, fields, and where it sits on the experience topic.
     Float arrays (a DecisionRecord's node_features and distribution) are numpy arrays: see
@@ -61,14 +61,16 @@ class DataWindow:
 
 
 def offsets_for_time(settings: Settings, topic: str, timestamp_ms: int | None, default: str,
-                     consumer: Consumer | None = None) -> dict[int, int]:
+                     consumer: Consumer | None = None,
+                     marks: dict[int, tuple[int, int]] | None = None) -> dict[int, int]:
     """First offset at or after ``timestamp_ms`` per partition (``default``: 'beginning' or 'end').
-    Uses ``consumer`` when given (left open), else a consumer of its own."""
+    Uses ``consumer`` when given (left open), else a consumer of its own; ``marks``: the topic's
+    ``all_watermarks`` when the caller has them already."""
     own = consumer is None
     consumer = consumer or make_consumer(settings)
     try:
-        parts = partitions_of(consumer, topic)
-        marks = {p: watermarks(consumer, topic, p) for p in parts}
+        marks = marks if marks is not None else all_watermarks(consumer, topic)
+        parts = sorted(marks)
         if timestamp_ms is None:
             return {p: marks[p][0] if default == "beginning" else marks[p][1] for p in parts}
         found = consumer.offsets_for_times([TopicPartition(topic, p, timestamp_ms) for p in parts], timeout=10.0)
@@ -96,22 +98,25 @@ def replay(
     """
     topic = settings.topics.experience
     with closing(make_consumer(settings)) as consumer:  # one connection for the lookups and the read
-        start = start_offsets or offsets_for_time(settings, topic, start_ms, "beginning", consumer)
-        stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end", consumer)
+        marks = None if start_offsets and end_offsets else all_watermarks(consumer, topic)
+        start = start_offsets or offsets_for_time(settings, topic, start_ms, "beginning", consumer, marks)
+        stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end", consumer, marks)
         window = DataWindow(topic, dict(start), dict(stop), start_ms, end_ms)
         total = sum(max(0, stop.get(p, 0) - start.get(p, 0)) for p in stop)
         wanted = {name.encode() for name in types} if types is not None else None
         timed = start_ms is not None or end_ms is not None
         records: list[ExperienceRecord] = []
         with tqdm(total=total, unit="rec", desc="replay", disable=not progress, leave=False) as bar, gc_paused():
+            skipped = 0
             for batch in read_batches(settings, topic, start, stop, consumer=consumer):
                 bar.update(len(batch))
                 for message in batch:
-                    ts = message.timestamp()[1]
-                    if timed and ((start_ms is not None and ts < start_ms) or (end_ms is not None and ts >= end_ms)):
-                        continue
+                    if timed:
+                        ts = message.timestamp()[1]
+                        if (start_ms is not None and ts < start_ms) or (end_ms is not None and ts >= end_ms):
+                            continue
                     if wanted is not None and not _wanted(message.headers(), wanted):
-                        window.skipped += 1
+                        skipped += 1
                         continue
                     try:
                         decoded = decode_arrays(message.value())
@@ -121,10 +126,11 @@ def replay(
                                     exc)
                         continue
                     if types is not None and decoded.name not in types:
-                        window.skipped += 1
+                        skipped += 1
                         continue
                     records.append(ExperienceRecord(decoded.name, decoded.value, message.partition(), message.offset(),
-                                                    ts))
+                                                    message.timestamp()[1]))
+            window.skipped = skipped
     window.records = len(records)
     return records, window
 

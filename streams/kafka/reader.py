@@ -37,11 +37,16 @@ def watermarks(consumer: Consumer, topic: str, partition: int, attempts: int = 2
     raise AssertionError("unreachable")
 
 
+def all_watermarks(consumer: Consumer, topic: str) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets of every partition of ``topic``."""
+    return {p: watermarks(consumer, topic, p) for p in partitions_of(consumer, topic)}
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """High watermark of every partition (where the next record will be written)."""
     consumer = make_consumer(settings)
     try:
-        return {p: watermarks(consumer, topic, p)[1] for p in partitions_of(consumer, topic)}
+        return {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
     finally:
         consumer.close()
 
@@ -70,13 +75,14 @@ def read_batches(
     consumer: Consumer | None = None,
 ) -> Iterator[list[Message]]:
     """``read_topic`` a fetched batch at a time (for bulk readers: no per-record generator step).
-    Reads with ``consumer`` when given (reassigned, left open), else with a consumer of its own."""
+    Reads with ``consumer`` when given (reassigned, left open), else with a consumer of its own.
+    With ``stop`` given, only its partitions are read (no metadata request)."""
     own = consumer is None
     consumer = consumer or make_consumer(settings)
     try:
-        parts = partitions_of(consumer, topic)
         if stop is None:
-            stop = {p: watermarks(consumer, topic, p)[1] for p in parts}
+            stop = {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
+        parts = sorted(stop)
         begin = {p: (start or {}).get(p, 0) for p in parts}
         open_parts = {p for p in parts if begin[p] < stop.get(p, 0)}
         if not open_parts:
@@ -105,12 +111,13 @@ def read_batches(
                 partition = message.partition()
                 if partition not in open_parts:
                     continue
-                if message.offset() >= stop[partition]:
+                after, end = message.offset() + 1, stop[partition]
+                if after > end:
                     open_parts.discard(partition)
                     continue
                 kept.append(message)
-                position[partition] = message.offset() + 1
-                if message.offset() + 1 >= stop[partition]:
+                position[partition] = after
+                if after >= end:
                     open_parts.discard(partition)
             if kept:
                 yield kept
