@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -61,7 +62,7 @@ def graph_of(state: GraphState, num_kernels: int, model_id: str = "", run_id: st
         layer_names=list(state.layer_names),
         node_features=np.ascontiguousarray(state.node_features, dtype=np.float32),
         edge_index=np.asarray(state.edge_index, dtype=np.int64).reshape(2, -1),
-        dormant_seed=[0 if ok else None for ok in layer_legal],
+        dormant_seed=[0 if ok else None for ok in layer_legal.tolist()],
         epoch=epoch,
     )
 
@@ -76,7 +77,7 @@ def _problem(t: Transition, num_kernels: int) -> str | None:
         return "action count"  # another kernel catalog, or a corrupt record
     if not 0 <= t.action < len(s.legal) or not s.legal[t.action]:
         return "illegal action"
-    if not t.propensity > 0.0 or not np.isfinite(t.reward):
+    if not t.propensity > 0.0 or not math.isfinite(t.reward):
         return "propensity or reward"
     if s.edge_index.size and (s.edge_index.min() < 0 or s.edge_index.max() >= n):
         return "edge index"

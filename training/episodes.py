@@ -88,16 +88,19 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
     runs_of_decision: dict[str, tuple[str, str]] = {}
     pending_outcomes: list[ExperienceRecord] = []
     for rec in records:
-        value = rec.value
-        if rec.name not in EPISODE_TYPES:
+        name, value = rec.name, rec.value
+        if name not in EPISODE_TYPES:
             continue
         key = (value["model_id"], value["run_id"])
-        episode = episodes.setdefault(key, Episode(*key))
-        episode.last_seen_ms = max(episode.last_seen_ms, rec.timestamp_ms)
-        if rec.name == "DecisionRecord":
+        episode = episodes.get(key)
+        if episode is None:
+            episode = episodes[key] = Episode(*key)
+        if rec.timestamp_ms > episode.last_seen_ms:
+            episode.last_seen_ms = rec.timestamp_ms
+        if name == "DecisionRecord":
             episode.decisions.setdefault(value["decision_id"], value)
             runs_of_decision[value["decision_id"]] = key
-        elif rec.name == "EpochOutcome":
+        elif name == "EpochOutcome":
             episode.epochs.setdefault(value["epoch"], value)
             if value["final"]:
                 episode.final_epoch = value["epoch"]

@@ -114,6 +114,10 @@ def test_matrices_ragged_split_or_uniform() -> None:
     tricky = _long(2) + _row([1.0, 2.0]) + _row([3.0]) + _long(0)
     got, _ = read_matrix(tricky, 0, F4)
     assert [r.tolist() for r in got] == [[1.0, 2.0], [3.0]]
+    # The first row split into two one-item blocks, the second whole: the same shape, read the slow way.
+    first_split = _long(2) + split_row + _row([8.0, 9.0]) + _long(0)
+    got, end = read_matrix(first_split, 0, F4)
+    assert got.tolist() == [[4.0, 5.0], [8.0, 9.0]] and end == len(first_split)
     empty, end = read_matrix(_long(0), 0, F4)
     assert empty.shape == (0, 0) and end == 1
 
