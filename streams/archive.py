@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from streams.intake import RawMessage
 from streams.outbox import Outbox
+
+if TYPE_CHECKING:
+    from streams.context import WorkerContext
 
 TYPE_HEADER = "tamiyo.type"
 SOURCE_HEADER = "tamiyo.source"
@@ -16,9 +21,11 @@ def provenance(message_type: str, raw: RawMessage | None = None) -> list[tuple[s
     return headers
 
 
-async def archive(outbox: Outbox, experience_topic: str, message_type: str, raw: RawMessage) -> None:
-    """Copy an accepted input message to the experience topic unchanged."""
-    await outbox.send(experience_topic, raw.key, raw.value or b"", provenance(message_type, raw))
+async def archive(ctx: WorkerContext, outbox: Outbox, message_type: str, raw: RawMessage) -> None:
+    """Copy an accepted input message to the experience topic unchanged, and count it
+    (``ctx``: the worker's context, for its settings and counters)."""
+    await outbox.send(ctx.settings.topics.experience, raw.key, raw.value or b"", provenance(message_type, raw))
+    ctx.counters.archived += 1
 
 
 
@@ -34,8 +41,7 @@ async def process_batch(ctx, outbox: Outbox, messages: list) -> None:  # type: i
     for raw in messages:
         result = accept(raw, COMMANDS, settings.max_message_bytes)
         if isinstance(result, Accepted):
-            await archive(outbox, settings.topics.experience, result.name, raw)
-            ctx.counters.archived += 1
+            await archive(ctx, outbox, result.name, raw)
         else:
             ctx.counters.dead_letters += 1
             await send_dead_letter(outbox, settings.topics.deadletter, result, settings.dead_letter_value_bytes)

@@ -98,8 +98,7 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
             ctx.counters.dead_letters += 1
             await send_dead_letter(outbox, topics.deadletter, result, settings.dead_letter_value_bytes)
             continue
-        await archive(outbox, topics.experience, result.name, raw)
-        ctx.counters.archived += 1
+        await archive(ctx, outbox, result.name, raw)
         if result.name == "CommandOutcome":
             ctx.counters.command_outcomes += 1
         else:

@@ -64,8 +64,7 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
             await _reject(ctx, outbox, result)
         elif result.name == "ModelTopology":
             model_id = result.record["model_id"]
-            await archive(outbox, topics.experience, result.name, raw)
-            ctx.counters.archived += 1
+            await archive(ctx, outbox, result.name, raw)
             with as_current(raw.event):
                 stored = store_topology(ctx, result.record)
             if not stored:
@@ -181,8 +180,7 @@ def signals_of(accepted: Accepted) -> list[dict]:
 
 async def _stale_signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted) -> None:
     """Archive the signals of a superseded run (they are experience) without folding them."""
-    await archive(outbox, ctx.settings.topics.experience, accepted.name, accepted.raw)
-    ctx.counters.archived += 1
+    await archive(ctx, outbox, accepted.name, accepted.raw)
     ctx.counters.stale_signals += len(signals_of(accepted))
 
 
@@ -199,8 +197,7 @@ async def _signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted,
             await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_layer", f"layer {signal['layer_name']!r} "
                                                 f"is not in the topology of {model_id!r}"))
             return
-    await archive(outbox, ctx.settings.topics.experience, accepted.name, accepted.raw)
-    ctx.counters.archived += 1
+    await archive(ctx, outbox, accepted.name, accepted.raw)
     ctx.counters.health_signals += len(signals)
     folds.setdefault(model_id, (event, []))[1].extend(signals)
 
