@@ -41,9 +41,8 @@ def worker_group(settings: Settings) -> str:
 def topic_offsets(settings: Settings, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
     """{topic: {"partitions": n, "end_offsets": {p: end}, "records": sum(end - start)}}; missing topics:
     {"missing": True}."""
-    from confluent_kafka import TopicPartition
-
     from streams.kafka.clients import make_consumer
+    from streams.kafka.reader import watermarks  # retries while a new topic's leader settles
 
     consumer = make_consumer(settings)
     try:
@@ -56,7 +55,7 @@ def topic_offsets(settings: Settings, timeout: float = 10.0) -> dict[str, dict[s
                 continue
             ends, records = {}, 0
             for p in sorted(info.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                low, high = watermarks(consumer, topic, p, timeout=timeout)
                 ends[p] = high
                 records += max(high - low, 0)
             out[topic] = {"partitions": len(ends), "end_offsets": ends, "records": records}
@@ -73,6 +72,7 @@ def group_lag(settings: Settings, offsets: dict[str, dict[str, Any]], timeout: f
     from confluent_kafka import TopicPartition
 
     from streams.kafka.clients import make_consumer
+    from streams.kafka.reader import watermarks
 
     group = worker_group(settings)
     topics = settings.topics
@@ -85,7 +85,8 @@ def group_lag(settings: Settings, offsets: dict[str, dict[str, Any]], timeout: f
     consumer = make_consumer(settings, group_id=group, **{"enable.auto.commit": False})
     try:
         committed = consumer.committed(tps, timeout=timeout)
-        lows = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=timeout)[0] for tp in tps}
+        lows = {(tp.topic, tp.partition): watermarks(consumer, tp.topic, tp.partition, timeout=timeout)[0]
+                for tp in tps}
     finally:
         consumer.close()
     total = 0

@@ -23,11 +23,12 @@ def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list
     return sorted(info.partitions)
 
 
-def watermarks(consumer: Consumer, topic: str, partition: int, attempts: int = 20) -> tuple[int, int]:
-    """(low, high) offsets of one partition, retrying while leadership settles."""
+def watermarks(consumer: Consumer, topic: str, partition: int, attempts: int = 20,
+               timeout: float = 10.0) -> tuple[int, int]:
+    """(low, high) offsets of one partition, retrying while leadership settles (``timeout``: per attempt)."""
     for attempt in range(attempts):
         try:
-            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
         except KafkaException as exc:
             if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
                 raise
