@@ -10,6 +10,7 @@ from typing import Callable
 
 from schemas.registry_client import RegistryError
 from tamiyo.config import settings_from_args as _settings
+from tamiyo.demo_options import DemoOptions
 
 LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
               "info": logging.INFO, "debug": logging.DEBUG}
@@ -64,7 +65,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tamiyo.demo import DemoOptions, run_demo
+    from tamiyo.demo import run_demo
 
     options = DemoOptions(duration_s=args.duration, hosts=args.hosts, host_epochs=args.host_epochs,
                           fleet_models=args.fleet_models, summary_path=args.summary,
@@ -132,17 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the scaled-down versions the tests run")
     add("status", cmd_status, "topics, consumer lag, the champion version and the latest decision per model")
     p = add("demo", cmd_demo, "run the whole system on embedded defaults and print a summary")
-    p.add_argument("--duration", type=float, default=float(os.environ.get("TAMIYO_DEMO_SECONDS", 90)),
+    p.add_argument("--duration", type=float,
+                   default=float(os.environ.get("TAMIYO_DEMO_SECONDS", DemoOptions.duration_s)),
                    help="seconds of traffic (half collecting, half on the learned policy)")
-    p.add_argument("--hosts", type=int, default=2, help="real training hosts")
-    p.add_argument("--host-epochs", type=int, default=8)
-    p.add_argument("--fleet-models", type=int, default=120, help="simulated models")
-    p.add_argument("--bad-messages", type=int, default=5, help="malformed messages to inject")
+    p.add_argument("--hosts", type=int, default=DemoOptions.hosts, help="real training hosts")
+    p.add_argument("--host-epochs", type=int, default=DemoOptions.host_epochs)
+    p.add_argument("--fleet-models", type=int, default=DemoOptions.fleet_models, help="simulated models")
+    p.add_argument("--bad-messages", type=int, default=DemoOptions.bad_messages, help="malformed messages to inject")
     p.add_argument("--summary", default=None, help="also write the summary as JSON here")
     p.add_argument("--no-learning", action="store_true",
                    help="skip the learning phase (train, promote, hot-swap) and run the heuristic only")
-    p.add_argument("--epsilon", type=float, default=0.5, help="exploration of the demo's behaviour policy")
-    p.add_argument("--learner", default="lcbq", help="offline learner of the learning phase (see tamiyo train)")
+    p.add_argument("--epsilon", type=float, default=DemoOptions.epsilon,
+                   help="exploration of the demo's behaviour policy")
+    p.add_argument("--learner", default=DemoOptions.learner,
+                   help="offline learner of the learning phase (see tamiyo train)")
     return parser
 
 

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +30,9 @@ from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.reader import end_offsets, header, partitions_of
 from tamiyo.config import Settings
+from tamiyo.demo_options import DemoOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoOptions:
-    duration_s: float = 90.0
-    hosts: int = 2
-    host_epochs: int = 8
-    fleet_models: int = 120
-    fleet_epoch_interval_s: float = 0.5
-    bad_messages: int = 5
-    summary_path: str | None = None
-    drain_timeout_s: float = 30.0
-    learning: bool = True
-    epsilon: float = 0.5
-    train_epochs: int = 20
-    learner: str = "lcbq"
-    champion_poll_s: float = 2.0
-    swap_timeout_s: float = 60.0
-    worker_ready_timeout_s: float = 180.0
 
 
 class Tally(threading.Thread):
