@@ -85,6 +85,30 @@ def test_corrupt_bodies_are_decode_errors() -> None:
     assert err.value.kind == "unknown_schema"
 
 
+def test_repeated_name_and_edge_arrays_are_remembered_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    long_name = "a_layer_name_longer_than_the_index_key"
+    variants = [
+        [long_name, "x"], [long_name, "y"], [long_name, "x", "z"], [long_name], ["x"], [], [long_name, "x"],
+    ]
+    records = [_decision(len(names), 3, seed=i) | {"layer_names": names} for i, names in enumerate(variants)]
+    monkeypatch.setattr(numeric_arrays, "_plans", {})  # fresh caches, for the count below
+    monkeypatch.setattr(numeric_arrays._Repeated, "_MAX_SPANS", 3)  # forgotten and relearned on the way
+    for _ in range(2):
+        for record in records:
+            data = encode("DecisionRecord", record)
+            got = decode_arrays(data).value
+            _same(decode(data).value, got)
+            got["layer_names"].append("mutated")  # a fresh list every time: the cache keeps its own
+            got["feature_names"].clear()
+    again = decode_arrays(encode("DecisionRecord", records[0])).value
+    assert again["layer_names"] == [long_name, "x"] and again["feature_names"] == ["f0", "f1", "f2"]
+    plan = numeric_arrays._plan(codec.writer_of(encode("DecisionRecord", records[0]))[0])
+    repeated = [step for step in plan if isinstance(step, numeric_arrays._Repeated)]
+    assert {step.name for step in repeated} == {"kernels", "feature_names", "layer_names", "edge_source",
+                                                 "edge_target"}
+    assert all(step.count <= 3 for step in repeated)
+
+
 def test_vectors_in_several_blocks_and_with_byte_sizes() -> None:
     a, b = np.array([1.5, -2.0], F8), np.array([3.25], F8)
     data = _long(2) + a.tobytes() + _long(-1) + _long(8) + b.tobytes() + _long(0) + b"tail"
