@@ -79,9 +79,21 @@ def _problem(t: Transition, num_kernels: int) -> str | None:
         return "illegal action"
     if not t.propensity > 0.0 or not math.isfinite(t.reward):
         return "propensity or reward"
-    if s.edge_index.size and (s.edge_index.min() < 0 or s.edge_index.max() >= n):
-        return "edge index"
-    return None
+    return None  # edges: _bad_edges, for all transitions at once
+
+
+def _bad_edges(transitions: Sequence[Transition]) -> np.ndarray:
+    """bool [T]: an edge of transition i names a node outside its graph (one numpy pass, not T)."""
+    sizes = np.array([t.state.edge_index.shape[1] for t in transitions], dtype=np.int64)
+    bad = np.zeros(len(transitions), dtype=bool)
+    if not sizes.any():
+        return bad
+    edges = np.concatenate([t.state.edge_index for t in transitions], axis=1)
+    nodes = np.repeat(np.array([len(t.state.layer_names) for t in transitions], dtype=np.int64), sizes)
+    wrong = ((edges < 0) | (edges >= nodes)).any(axis=0)
+    owners = np.repeat(np.arange(len(transitions)), sizes)
+    bad[owners[wrong]] = True
+    return bad
 
 
 @dataclass
@@ -120,6 +132,10 @@ class TransitionDataset:
                 kept.append(t)
             else:
                 skipped[problem] += 1
+        bad_edges = _bad_edges(kept)
+        if bad_edges.any():
+            skipped["edge index"] += int(bad_edges.sum())
+            kept = [t for t, bad in zip(kept, bad_edges.tolist()) if not bad]
         if skipped:
             log.warning("skipped %d of %d transitions: %s", sum(skipped.values()), len(transitions), dict(skipped))
         keys: dict[tuple[str, str], int] = {}

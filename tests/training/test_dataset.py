@@ -45,9 +45,23 @@ def test_unusable_transitions_are_skipped_and_counted(transitions) -> None:
         good[0].state, legal=np.ones(1 + 2 * len(good[0].state.layer_names), dtype=bool)))
     illegal = dataclasses.replace(good[1], action=len(good[1].state.legal) + 3)
     never = dataclasses.replace(good[2], propensity=0.0)
-    data = TransitionDataset.from_transitions(list(good) + [wrong_kernels, illegal, never])
-    assert len(data) == 5
-    assert data.skipped == {"action count": 1, "illegal action": 1, "propensity or reward": 1}
+
+    def with_edges(t, edges):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(t, state=dataclasses.replace(t.state, edge_index=np.array(edges, np.int64)))
+
+    n = len(good[3].state.layer_names)
+    past_the_end = with_edges(good[3], [[0], [n]])
+    negative = with_edges(good[4], [[-1, 0], [0, 1]])
+    no_edges = with_edges(good[4], np.zeros((2, 0)))
+    mixed = [good[0], past_the_end, good[1], wrong_kernels, illegal, no_edges, negative, never, good[2], good[3],
+             good[4]]
+    data = TransitionDataset.from_transitions(mixed)
+    assert data.skipped == {"action count": 1, "illegal action": 1, "propensity or reward": 1, "edge index": 2}
+    assert data.decision_ids == [t.decision_id for t in (good[0], good[1], no_edges, good[2], good[3], good[4])]
+    np.testing.assert_array_equal(data.actions, [t.action for t in (good[0], good[1], no_edges, good[2], good[3],
+                                                                     good[4])])
+    assert data.graphs[2].edge_index.shape == (2, 0)
+    assert len(TransitionDataset.from_transitions([no_edges])) == 1  # nothing to check at all
 
 
 def test_graph_of_marks_layers_with_legal_actions_as_adaptable() -> None:
