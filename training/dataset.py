@@ -60,11 +60,20 @@ def graph_of(state: GraphState, num_kernels: int, model_id: str = "", run_id: st
         model_id=model_id,
         run_id=run_id,
         layer_names=list(state.layer_names),
-        node_features=np.ascontiguousarray(state.node_features, dtype=np.float32),
-        edge_index=np.asarray(state.edge_index, dtype=np.int64).reshape(2, -1),
+        node_features=_as(state.node_features, np.float32),
+        edge_index=_as(state.edge_index, np.int64, 2),
         dormant_seed=[0 if ok else None for ok in layer_legal.tolist()],
         epoch=epoch,
     )
+
+
+def _as(array: np.ndarray, dtype: type, rows: int | None = None) -> np.ndarray:
+    """``array`` when it already is a C-contiguous 2-D array of ``dtype`` (with ``rows`` rows), else a converted copy."""
+    if (type(array) is np.ndarray and array.dtype == dtype and array.ndim == 2 and array.flags.c_contiguous
+            and (rows is None or array.shape[0] == rows)):
+        return array
+    converted = np.ascontiguousarray(array, dtype=dtype)
+    return converted.reshape(rows, -1) if rows is not None else converted
 
 
 def _problem(t: Transition, num_kernels: int) -> str | None:

@@ -39,12 +39,17 @@ class GraphState:
 
     @classmethod
     def from_decision(cls, record: dict[str, Any]) -> "GraphState":
-        features = np.asarray(record["node_features"], dtype=np.float32).reshape(len(record["layer_names"]), -1)
-        edges = np.asarray([record["edge_source"], record["edge_target"]], dtype=np.int64).reshape(2, -1)
+        features = record["node_features"]
+        layers = len(record["layer_names"])
+        if not (type(features) is np.ndarray and features.dtype == np.float32 and features.ndim == 2
+                and features.shape[0] == layers):  # replay's decoded records already are
+            features = np.asarray(features, dtype=np.float32).reshape(layers, -1)
+        edges = np.array((record["edge_source"], record["edge_target"]), dtype=np.int64).reshape(2, -1)
         # The logged distribution's support is the legal set as far as the record tells (with
         # epsilon exploration it is exactly the legal set). WAIT is always legal, even when a
         # deterministic policy gave it probability 0: the policy code refuses masks without it.
-        legal = np.asarray(record["distribution"], dtype=np.float64) > 0.0
+        distribution = record["distribution"]
+        legal = (distribution if type(distribution) is np.ndarray else np.asarray(distribution, np.float64)) > 0.0
         if legal.size:
             legal[0] = True
         return cls(list(record["layer_names"]), features, edges, legal)
