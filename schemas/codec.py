@@ -311,9 +311,11 @@ def decode(data: bytes | None, lookup: bool = True) -> Decoded:
     return Decoded(writer.name, read_body(writer, data, start))
 
 
-def read_body(writer: _Schema, data: bytes, start: int) -> dict[str, Any]:
-    """The Avro body at ``start`` written with ``writer``, resolved to the current schema of its name."""
-    reader = registry().current.get(writer.name, writer)
+def read_body(writer: _Schema, data: bytes, start: int, reader: _Schema | None = None) -> dict[str, Any]:
+    """The Avro body at ``start`` written with ``writer``, resolved to ``reader`` (default: the
+    current schema of its name)."""
+    if reader is None:
+        reader = registry().current.get(writer.name, writer)
     buf = io.BytesIO(data)
     buf.seek(start)
     try:

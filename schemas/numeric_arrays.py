@@ -40,6 +40,22 @@ class _Vector:
     dtype: np.dtype
     nested: bool  # array<array<item>>
 
+    def read(self, data: bytes, pos: int, buf: io.BytesIO, value: dict[str, Any]) -> int:
+        value[self.name], pos = (read_matrix if self.nested else read_vector)(data, pos, self.dtype)
+        return pos
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A run of ordinary fields, decoded by fastavro as one record."""
+
+    schema: Any  # parsed by fastavro
+
+    def read(self, data: bytes, pos: int, buf: io.BytesIO, value: dict[str, Any]) -> int:
+        buf.seek(pos)
+        value.update(fastavro.schemaless_reader(buf, self.schema, None))
+        return buf.tell()
+
 
 class _Repeated:
     """A top-level array<string|int|long> field, with the encodings of it seen so far and their values.
@@ -56,13 +72,14 @@ class _Repeated:
         self.spans: dict[bytes, list[tuple[bytes, list]]] = {}
         self.count = 0
 
-    def read(self, data: bytes, pos: int, buf: io.BytesIO) -> tuple[list, int]:
+    def read(self, data: bytes, pos: int, buf: io.BytesIO, value: dict[str, Any]) -> int:
         key = data[pos:pos + self._KEY_BYTES]
         seen = self.spans.get(key)
         if seen is not None:
             for span, items in seen:
                 if data.startswith(span, pos):
-                    return list(items), pos + len(span)
+                    value[self.name] = list(items)
+                    return pos + len(span)
         buf.seek(pos)
         items = fastavro.schemaless_reader(buf, self.schema, None)[self.name]
         end = buf.tell()
@@ -71,33 +88,29 @@ class _Repeated:
             self.count = 0
         self.spans.setdefault(key, []).append((data[pos:end], items))
         self.count += 1
-        return list(items), end
+        value[self.name] = list(items)
+        return end
 
 
-_Step = Any  # a parsed fastavro schema (a run of ordinary fields), a _Vector or a _Repeated
+_Step = _Run | _Vector | _Repeated
 
 
 def decode_arrays(data: bytes | None, lookup: bool = True) -> Decoded:
     """Like ``schemas.decode`` (same checks, same errors), with float arrays as numpy arrays."""
     writer, start = writer_of(data, lookup)
     reader = registry().current.get(writer.name, writer)
-    steps = _plan(writer) if reader is writer else None
     assert data is not None  # writer_of raised otherwise
-    if steps is None:
-        return Decoded(writer.name, _converted(writer.name, read_body(writer, data, start)))
+    if reader is not writer:  # an older version: resolved by fastavro, then converted
+        return Decoded(writer.name, _converted(writer.name, read_body(writer, data, start, reader)))
+    steps = _plan(writer)
+    if steps is None:  # no float arrays: exactly what ``decode`` gives
+        return Decoded(writer.name, read_body(writer, data, start, reader))
     value: dict[str, Any] = {}
     buf = io.BytesIO(data)
     pos = start
     try:
         for step in steps:
-            if isinstance(step, _Vector):
-                value[step.name], pos = (read_matrix if step.nested else read_vector)(data, pos, step.dtype)
-            elif isinstance(step, _Repeated):
-                value[step.name], pos = step.read(data, pos, buf)
-            else:
-                buf.seek(pos)
-                value.update(fastavro.schemaless_reader(buf, step, None))
-                pos = buf.tell()
+            pos = step.read(data, pos, buf, value)
     except Exception as exc:  # fastavro and the readers below raise many types on corrupt bodies
         raise DecodeError("bad_body", f"{writer.name} body does not decode: {type(exc).__name__}: {exc}") from None
     if pos != len(data):
@@ -221,7 +234,7 @@ def _steps_of(writer: _Schema) -> tuple[_Step, ...] | None:
 
     def close_run() -> None:
         if run:
-            steps.append(record_of(run))
+            steps.append(_Run(record_of(run)))
             run.clear()
 
     for field in raw["fields"]:
