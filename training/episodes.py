@@ -38,13 +38,15 @@ class GraphState:
     legal: np.ndarray
 
     @classmethod
-    def from_decision(cls, record: dict[str, Any]) -> "GraphState":
+    def from_decision(cls, record: dict[str, Any], edges: np.ndarray | None = None) -> "GraphState":
+        """The state a DecisionRecord logged; ``edges``: its edges as an array when the caller has them."""
         features = record["node_features"]
         layers = len(record["layer_names"])
         if not (type(features) is np.ndarray and features.dtype == np.float32 and features.ndim == 2
                 and features.shape[0] == layers):  # replay's decoded records already are
             features = np.asarray(features, dtype=np.float32).reshape(layers, -1)
-        edges = np.array((record["edge_source"], record["edge_target"]), dtype=np.int64).reshape(2, -1)
+        if edges is None:
+            edges = edge_array(record)
         # The logged distribution's support is the legal set as far as the record tells (with
         # epsilon exploration it is exactly the legal set). WAIT is always legal, even when a
         # deterministic policy gave it probability 0: the policy code refuses masks without it.
@@ -53,6 +55,11 @@ class GraphState:
         if legal.size:
             legal[0] = True
         return cls(list(record["layer_names"]), features, edges, legal)
+
+
+def edge_array(record: dict[str, Any]) -> np.ndarray:
+    """A DecisionRecord's edges as int64 [2, E]."""
+    return np.array((record["edge_source"], record["edge_target"]), dtype=np.int64).reshape(2, -1)
 
 
 @dataclass
@@ -145,7 +152,7 @@ def _episode_transitions(episode: Episode, cfg: RewardConfig, data_end_ms: int) 
         elif dead:
             kept.append((decision, cfg.default_reward, True))
         # else: the outcome is still in the future; leave the decision out
-    states = [GraphState.from_decision(decision) for decision, _, _ in kept]  # each is also the previous next_state
+    states = _states([decision for decision, _, _ in kept])  # each is also the previous next_state
     result = []
     for i, (decision, reward, imputed) in enumerate(kept):
         nxt = states[i + 1] if i + 1 < len(kept) else None
@@ -158,3 +165,18 @@ def _episode_transitions(episode: Episode, cfg: RewardConfig, data_end_ms: int) 
             policy_version=decision["policy_version"], imputed=imputed, run_id=episode.run_id,
         ))
     return result
+
+
+def _states(decisions: list[dict[str, Any]]) -> list[GraphState]:
+    """The decisions' states. A run's topology is the same at each of its decisions, so equal edge
+    lists share one read-only array (converting them was the largest cost of building a state)."""
+    states = []
+    last: tuple[list, list] | None = None
+    edges = np.zeros((2, 0), dtype=np.int64)
+    for decision in decisions:
+        lists = (decision["edge_source"], decision["edge_target"])
+        if lists != last:
+            last, edges = lists, edge_array(decision)
+            edges.flags.writeable = False
+        states.append(GraphState.from_decision(decision, edges))
+    return states

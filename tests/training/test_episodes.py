@@ -205,3 +205,18 @@ def test_gc_paused_freezes_what_it_kept_alive_and_reenables_the_collector() -> N
         assert gc.isenabled() and gc.get_freeze_count() >= before + len(kept)
     finally:
         gc.unfreeze()
+
+
+def test_decisions_with_the_same_edges_share_one_read_only_array() -> None:
+    from training.episodes import _states
+
+    def decision(src: list[int], dst: list[int]) -> dict:
+        return {"node_features": np.zeros((3, 2), np.float32), "layer_names": ["a", "b", "c"],
+                "distribution": np.array([0.5, 0.5, 0.0]), "edge_source": src, "edge_target": dst}
+
+    states = _states([decision([0, 1], [1, 2]), decision([0, 1], [1, 2]), decision([0], [2]), decision([0], [2])])
+    assert states[0].edge_index is states[1].edge_index and states[2].edge_index is states[3].edge_index
+    assert states[0].edge_index.tolist() == [[0, 1], [1, 2]] and states[2].edge_index.tolist() == [[0], [2]]
+    with pytest.raises(ValueError):
+        states[0].edge_index[0, 0] = 5  # shared, so nobody may change it in place
+    assert states[0].legal.tolist() == [True, True, False]
