@@ -51,20 +51,37 @@ class Batch:
         return len(self.rows)
 
 
-def graph_of(state: GraphState, num_kernels: int, model_id: str = "", run_id: str = "", epoch: int = 0) -> ModelGraph:
+def graph_of(state: GraphState, num_kernels: int, model_id: str = "", run_id: str = "", epoch: int = 0,
+             layer_legal: list[bool] | None = None) -> ModelGraph:
     """A collate-ready ModelGraph from an archived state. The record does not carry seed indices,
-    so a layer whose GERMINATE actions are legal gets ``dormant_seed=0``, others None."""
-    n = len(state.layer_names)
-    layer_legal = state.legal[1:].reshape(n, num_kernels).any(axis=1) if n else np.zeros(0, dtype=bool)
+    so a layer whose GERMINATE actions are legal gets ``dormant_seed=0``, others None
+    (``layer_legal``: that per layer, when the caller has it; see ``_layers_legal``)."""
+    if layer_legal is None:
+        n = len(state.layer_names)
+        layer_legal = state.legal[1:].reshape(n, num_kernels).any(axis=1).tolist() if n else []
     return ModelGraph(
         model_id=model_id,
         run_id=run_id,
         layer_names=list(state.layer_names),
         node_features=_as(state.node_features, np.float32),
         edge_index=_as(state.edge_index, np.int64, 2),
-        dormant_seed=[0 if ok else None for ok in layer_legal.tolist()],
+        dormant_seed=[0 if ok else None for ok in layer_legal],
         epoch=epoch,
     )
+
+
+def _layers_legal(states: Sequence[GraphState], num_kernels: int) -> list[list[bool]]:
+    """Per state, per layer: is one of its GERMINATE actions legal (one numpy pass over all states;
+    each legal mask must have 1 + layers * num_kernels entries)."""
+    if not states:
+        return []
+    flat = np.concatenate([s.legal[1:] for s in states]).reshape(-1, num_kernels).any(axis=1).tolist()
+    out, at = [], 0
+    for s in states:
+        n = len(s.layer_names)
+        out.append(flat[at:at + n])
+        at += n
+    return out
 
 
 def _as(array: np.ndarray, dtype: type, rows: int | None = None) -> np.ndarray:
@@ -150,7 +167,8 @@ class TransitionDataset:
         keys: dict[tuple[str, str], int] = {}
         episodes = np.array([keys.setdefault((t.model_id, t.run_id), len(keys)) for t in kept], dtype=np.int64)
         return cls(
-            graphs=[graph_of(t.state, num_kernels, t.model_id, t.run_id, t.epoch) for t in kept],
+            graphs=[graph_of(t.state, num_kernels, t.model_id, t.run_id, t.epoch, legal)
+                    for t, legal in zip(kept, _layers_legal([t.state for t in kept], num_kernels))],
             masks=[np.asarray(t.state.legal, dtype=bool) for t in kept],
             actions=np.array([t.action for t in kept], dtype=np.int64),
             propensities=np.array([t.propensity for t in kept], dtype=np.float64),

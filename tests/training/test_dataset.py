@@ -37,6 +37,10 @@ def test_arrays_line_up_with_the_transitions(transitions) -> None:
         np.testing.assert_array_equal(data.graphs[i].node_features, t.state.node_features)
         assert data.episode_keys[data.episodes[i]] == (t.model_id, t.run_id)
     assert data.dones.sum() == 20  # one terminal decision per episode
+    # Adaptable layers are worked out for all graphs at once: the same as graph_of's, graph by graph.
+    assert [g.dormant_seed for g in data.graphs] == [graph_of(t.state, data.num_kernels).dormant_seed
+                                                     for t in transitions]
+    assert any(None in g.dormant_seed for g in data.graphs) and any(0 in g.dormant_seed for g in data.graphs)
 
 
 def test_unusable_transitions_are_skipped_and_counted(transitions) -> None:
