@@ -32,6 +32,13 @@ import numpy as np
 from schemas.codec import Decoded, DecodeError, _Schema, read_body, registry, writer_of
 
 _ITEM_TYPES = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
+_NATIVE = {dtype: dtype.newbyteorder("=") for dtype in _ITEM_TYPES.values()}
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order (the arrays returned are copies in it)."""
+    native = _NATIVE.get(dtype)
+    return dtype.newbyteorder("=") if native is None else native
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,11 @@ def _block_count(data: bytes, pos: int) -> tuple[int, int]:
 
 def read_vector(data: bytes, pos: int, dtype: np.dtype) -> tuple[np.ndarray, int]:
     """An Avro array of float/double at ``pos`` (any number of blocks) as a 1-D array (a copy)."""
+    count, at = read_long(data, pos)
+    if count > 0:  # fast path: one block, then the 0 that ends the array
+        end = at + count * dtype.itemsize
+        if end < len(data) and data[end] == 0:
+            return np.frombuffer(data, dtype, count, at).astype(_native(dtype)), end + 1
     parts = []
     while True:
         count, pos = _block_count(data, pos)
@@ -151,8 +163,8 @@ def read_vector(data: bytes, pos: int, dtype: np.dtype) -> tuple[np.ndarray, int
         parts.append(np.frombuffer(data, dtype, count, pos))
         pos += count * dtype.itemsize
     if len(parts) == 1:
-        return parts[0].astype(dtype.newbyteorder("="), copy=True), pos
-    return np.concatenate(parts).astype(dtype.newbyteorder("=")) if parts else np.zeros(0, dtype.newbyteorder("=")), pos
+        return parts[0].astype(_native(dtype)), pos
+    return np.concatenate(parts).astype(_native(dtype)) if parts else np.zeros(0, _native(dtype)), pos
 
 
 def read_matrix(data: bytes, pos: int, dtype: np.dtype) -> tuple[np.ndarray | list[np.ndarray], int]:
@@ -197,7 +209,7 @@ def _uniform_rows(data: bytes, pos: int, dtype: np.dtype) -> tuple[np.ndarray, i
     if end != 0:
         return None
     view = np.ndarray((rows, items), dtype, data, body, (stride, dtype.itemsize))
-    return view.astype(dtype.newbyteorder("="), copy=True), after
+    return view.astype(_native(dtype)), after
 
 
 def _matrix(rows: list, dtype: np.dtype) -> np.ndarray | list[np.ndarray]:

@@ -118,6 +118,16 @@ def test_vectors_in_several_blocks_and_with_byte_sizes() -> None:
     assert got.shape == (0,) and end == 1
 
 
+def test_one_block_with_a_byte_size_and_a_big_endian_item_type() -> None:
+    a = np.array([1.0, 2.0], F4)
+    data = _long(-2) + _long(8) + a.tobytes() + _long(0)
+    got, end = read_vector(data, 0, F4)
+    assert got.tolist() == [1.0, 2.0] and end == len(data)
+    big = np.dtype(">f8")
+    got, end = read_vector(_long(1) + np.array([3.5], big).tobytes() + _long(0), 0, big)
+    assert got.tolist() == [3.5] and got.dtype == np.dtype("=f8") and end == 10
+
+
 def _row(values: list[float]) -> bytes:
     return (_long(len(values)) + np.asarray(values, F4).tobytes() + _long(0)) if values else _long(0)
 
