@@ -4,14 +4,15 @@ fastavro builds one Python float per array item. A DecisionRecord's ``node_featu
 layer and feature) and ``distribution`` are most of its decode time (~40 µs a record) and most of the
 objects a replay keeps alive. ``decode_arrays`` splits a record schema at its top-level fields of type
 ``array<float|double>`` and ``array<array<float|double>>``: fastavro decodes the runs of other fields,
-numpy reads those arrays straight from the message bytes (~22 µs a DecisionRecord).
+numpy reads those arrays straight from the message bytes.
 
 Top-level arrays of strings, ints or longs (a DecisionRecord's ``feature_names``, ``layer_names``,
 ``kernels``, ``edge_source``, ``edge_target``) mostly repeat from record to record: the same feature
 names always, a model's layer names and edges at every one of its decisions. Each such field keeps
 the encodings it has decoded (bounded); a message whose bytes at that field start with one of them
 has that value — Avro binary is self-delimiting, so equal leading bytes mean the same items and the
-same length — and gets a fresh copy of the list without decoding (~9 µs → ~5 µs a DecisionRecord).
+same length — and gets a fresh copy of the list without decoding. A DecisionRecord (15 layers):
+``decode`` ~40 µs, ``decode_arrays`` ~11 µs (measured).
 
 The value equals ``decode``'s except for the float arrays: ``array<float>`` becomes a 1-D float32 array,
 ``array<double>`` float64; a nested array becomes a 2-D array [rows, items] when its rows have one
@@ -68,10 +69,10 @@ class _Repeated:
     """A top-level array<string|int|long> field, with the encodings of it seen so far and their values.
 
     Indexed by their first ``_KEY_BYTES`` bytes; at most ``_MAX_SPANS`` are kept (then forgotten all
-    at once), so a field that never repeats costs one dict lookup more than decoding it."""
+    at once), so a field that never repeats costs little more than decoding it."""
 
     _KEY_BYTES = 24
-    _MAX_SPANS = 4096
+    _MAX_SPANS = 1024  # per field: a fleet's architectures, with room; bounds the memory kept
 
     def __init__(self, name: str, schema: Any) -> None:
         self.name = name
