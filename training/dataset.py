@@ -85,7 +85,8 @@ def _layers_legal(states: Sequence[GraphState], num_kernels: int) -> list[list[b
 
 
 def _as(array: np.ndarray, dtype: type, rows: int | None = None) -> np.ndarray:
-    """``array`` when it already is a C-contiguous 2-D array of ``dtype`` (with ``rows`` rows), else a converted copy."""
+    """``array`` when it already is a C-contiguous 2-D array of ``dtype`` (with ``rows`` rows), else
+    a converted copy."""
     if (type(array) is np.ndarray and array.dtype == dtype and array.ndim == 2 and array.flags.c_contiguous
             and (rows is None or array.shape[0] == rows)):
         return array

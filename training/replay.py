@@ -15,7 +15,7 @@ from tqdm import tqdm
 from schemas import DecodeError
 from schemas.numeric_arrays import decode_arrays
 from streams.archive import TYPE_HEADER
-from streams.kafka.clients import make_consumer
+from streams.kafka.clients import BULK_READER, make_consumer
 from streams.kafka.reader import all_watermarks, read_batches
 from streams.pauses import freeze_heap
 from tamiyo.config import Settings
@@ -97,7 +97,7 @@ def replay(
     counted in ``DataWindow.skipped`` without being decoded; a record without the header is decoded.
     """
     topic = settings.topics.experience
-    with closing(make_consumer(settings)) as consumer:  # one connection for the lookups and the read
+    with closing(make_consumer(settings, **BULK_READER)) as consumer:  # one connection for the lookups and the read
         marks = None if start_offsets and end_offsets else all_watermarks(consumer, topic)
         start = start_offsets or offsets_for_time(settings, topic, start_ms, "beginning", consumer, marks)
         stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end", consumer, marks)

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from streams.kafka.clients import make_consumer
+from streams.kafka.clients import BULK_READER, make_consumer
 from tamiyo.config import Settings
 
 _BATCH = 10_000  # records per consume() call at most
@@ -45,7 +45,7 @@ def all_watermarks(consumer: Consumer, topic: str) -> dict[int, tuple[int, int]]
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """High watermark of every partition (where the next record will be written)."""
-    consumer = make_consumer(settings)
+    consumer = make_consumer(settings, **BULK_READER)
     try:
         return {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
     finally:
@@ -79,7 +79,7 @@ def read_batches(
     Reads with ``consumer`` when given (reassigned, left open), else with a consumer of its own.
     With ``stop`` given, only its partitions are read (no metadata request)."""
     own = consumer is None
-    consumer = consumer or make_consumer(settings)
+    consumer = consumer or make_consumer(settings, **BULK_READER)
     try:
         if stop is None:
             stop = {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
