@@ -52,5 +52,10 @@ def test_read_batches_reads_the_range_never_asks_for_more_than_is_left_and_leave
         assert consumer.assignment() == []
         again = [m for batch in read_batches(settings, topic, None, ends, consumer=consumer) for m in batch]
         assert len(again) == 250
+        # A range that ends before the partitions do: the records after it are fetched too, and dropped.
+        short = {p: end - 40 for p, end in ends.items()}
+        part = [m for batch in read_batches(settings, topic, None, short, consumer=consumer) for m in batch]
+        for p, end in short.items():
+            assert [m.offset() for m in part if m.partition() == p] == list(range(end))
     finally:
         consumer.close()
