@@ -12,6 +12,13 @@ from typing import Iterator
 import pytest
 
 from tamiyo.config import Settings
+from tests.streams.kafka_io import close_open_collectors
+
+
+@pytest.fixture(autouse=True)
+def _close_collectors() -> Iterator[None]:
+    yield
+    close_open_collectors()
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

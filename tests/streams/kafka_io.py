@@ -25,10 +25,17 @@ def produce_records(settings: Settings, topic: str, name: str, records: list[dic
 
 
 class TopicCollector:
-    """Reads a whole topic from the beginning, continuously, into a list of messages."""
+    """Reads a whole topic from the beginning, continuously, into a list of messages. Collectors a
+    test leaves open (a failed assertion skips its ``close()``) are closed after it
+    (``close_open_collectors``, an autouse fixture of tests/streams): a failed test's traceback keeps
+    its locals alive, and an open consumer of a torn-down broker retried its connection every 10 ms
+    through the tests that followed."""
+
+    _open: set["TopicCollector"] = set()
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.consumer = make_consumer(settings)
+        TopicCollector._open.add(self)
         self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions_of(self.consumer, topic)])
         self.messages: list = []
 
@@ -51,4 +58,11 @@ class TopicCollector:
         raise AssertionError(f"condition not met within {timeout}s; {len(self.messages)} messages seen")
 
     def close(self) -> None:
-        self.consumer.close()
+        if self in TopicCollector._open:
+            TopicCollector._open.discard(self)
+            self.consumer.close()
+
+
+def close_open_collectors() -> None:
+    for collector in list(TopicCollector._open):
+        collector.close()
