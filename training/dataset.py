@@ -57,8 +57,7 @@ def graph_of(state: GraphState, num_kernels: int, model_id: str = "", run_id: st
     so a layer whose GERMINATE actions are legal gets ``dormant_seed=0``, others None
     (``layer_legal``: that per layer, when the caller has it; see ``_layers_legal``)."""
     if layer_legal is None:
-        n = len(state.layer_names)
-        layer_legal = state.legal[1:].reshape(n, num_kernels).any(axis=1).tolist() if n else []
+        layer_legal = _layers_legal([state], num_kernels)[0]
     return ModelGraph(
         model_id=model_id,
         run_id=run_id,

@@ -43,11 +43,16 @@ def all_watermarks(consumer: Consumer, topic: str) -> dict[int, tuple[int, int]]
     return {p: watermarks(consumer, topic, p) for p in partitions_of(consumer, topic)}
 
 
+def high_watermarks(consumer: Consumer, topic: str) -> dict[int, int]:
+    """High watermark of every partition of ``topic`` (where the next record will be written)."""
+    return {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """High watermark of every partition (where the next record will be written)."""
+    """``high_watermarks`` with a consumer of its own."""
     consumer = make_consumer(settings, **BULK_READER)
     try:
-        return {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
+        return high_watermarks(consumer, topic)
     finally:
         consumer.close()
 
@@ -82,7 +87,7 @@ def read_batches(
     consumer = consumer or make_consumer(settings, **BULK_READER)
     try:
         if stop is None:
-            stop = {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
+            stop = high_watermarks(consumer, topic)
         parts = sorted(stop)
         begin = {p: (start or {}).get(p, 0) for p in parts}
         open_parts = {p for p in parts if begin[p] < stop.get(p, 0)}

@@ -220,12 +220,12 @@ def produce(settings: Settings, topic: str, records: list[Record], **overrides: 
 def topic_total(settings: Settings, topic: str, consumer: Any = None) -> int:
     """Sum of the partitions' high watermarks (records ever written, for a fresh topic)."""
     from streams.kafka.clients import make_consumer
-    from streams.kafka.reader import partitions_of, watermarks
+    from streams.kafka.reader import high_watermarks
 
     own = consumer is None
     consumer = consumer or make_consumer(settings)
     try:
-        return sum(watermarks(consumer, topic, p)[1] for p in partitions_of(consumer, topic))
+        return sum(high_watermarks(consumer, topic).values())
     finally:
         if own:
             consumer.close()
