@@ -11,6 +11,7 @@ import faust
 from streams.factory import create_app
 from streams.faust_compat import held_messages
 from streams.pauses import GcPauses, LoopStalls, freeze_startup_heap
+from streams import recovery_watch
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def run_worker(settings: Settings) -> int:
             ctx.metrics.observe_lag(await consumer_lag(app), held_messages())
             ctx.metrics.observe_counters(ctx.counters)  # here only: not on the agents' per-batch paths
 
+    watchdog = recovery_watch.start(app, settings.recovery_stall_seconds, settings.recovery_max_rejoins)
     reports = [0]
     stalls = LoopStalls(report_over_ms=settings.stall_report_ms)
 
@@ -65,6 +67,8 @@ def run_worker(settings: Settings) -> int:
     finally:
         if poller is not None:
             poller.stop()
+        if watchdog is not None:
+            watchdog.stopped.set()
         log.info("worker stopped: counters %s", ctx.counters.as_dict())
         sys.stdout.flush()
     return 0

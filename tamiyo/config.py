@@ -172,6 +172,8 @@ class Settings:
     broker_session_timeout: float = 10.0
     fetch_max_wait_ms: int = 20
     stall_report_ms: float = 100.0
+    recovery_stall_seconds: float = 60.0
+    recovery_max_rejoins: int = 2
     torch_threads: int = 1
     dead_letter_value_bytes: int = 65_536
     mlflow_tracking_uri: str = ""
@@ -210,6 +212,8 @@ class Settings:
             broker_session_timeout=_env_float("TAMIYO_BROKER_SESSION_TIMEOUT", 10.0),
             fetch_max_wait_ms=_env_int("TAMIYO_FETCH_MAX_WAIT_MS", 20),
             stall_report_ms=_env_float("TAMIYO_STALL_REPORT_MS", 100.0),
+            recovery_stall_seconds=_env_float("TAMIYO_RECOVERY_STALL_SECONDS", 60.0),
+            recovery_max_rejoins=_env_int("TAMIYO_RECOVERY_MAX_REJOINS", 2),
             torch_threads=_env_int("TAMIYO_TORCH_THREADS", 1),
             dead_letter_value_bytes=_env_int("TAMIYO_DEADLETTER_VALUE_BYTES", 65_536),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
@@ -254,6 +258,8 @@ class Settings:
             raise ValueError("TAMIYO_TORCH_THREADS must be >= 1")
         if self.fetch_max_wait_ms < 0:
             raise ValueError("TAMIYO_FETCH_MAX_WAIT_MS must be >= 0")
+        if self.recovery_max_rejoins < 0:
+            raise ValueError("TAMIYO_RECOVERY_MAX_REJOINS must be >= 0")
 
     @property
     def topics(self) -> Topics:

@@ -29,6 +29,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         TAMIYO_DATA_DIR=str(settings.data_dir),
         TAMIYO_PARTITIONS=str(settings.partitions),
         TAMIYO_LOG_LEVEL="info",
+        # A stalled table recovery (a Faust hang seen once in CI) logs its state and rejoins well
+        # within a test's timeouts.
+        TAMIYO_RECOVERY_STALL_SECONDS="20",
     ) | registry_env(settings) | extra
 
 
