@@ -40,8 +40,9 @@ def _help(text: str, default: Any) -> Any:
 class TrainConfig:
     """Every knob of one training run (the CLI builds its flags from these fields and help texts)."""
 
-    learner: str = _help("offline learner: 'awr' (advantage-weighted regression), 'bc' (behaviour cloning) or "
-                         "'lcbq' (pessimistic fitted-Q policy extraction)", "awr")
+    learner: str = _help("offline learner: 'lcbq' (pessimistic fitted-Q policy extraction; the one the demo and "
+                         "the learning proof use), 'awr' (advantage-weighted regression) or 'bc' (behaviour "
+                         "cloning)", "lcbq")
     epochs: int = _help("policy passes over the training transitions", 30)
     lr: float = _help("Adam learning rate (policy, baseline and Q)", 1e-3)
     batch_size: int = _help("graphs per mini-batch", 64)

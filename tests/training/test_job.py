@@ -25,7 +25,7 @@ from training.episodes import Transition
 from training.job import TrainConfig, ensure_experiment, train_on_transitions
 from training.registry import PolicyRegistry
 
-FAST = dict(epochs=8, value_epochs=5, q_epochs=8, bootstrap_samples=200, gate_min_ess=10.0, progress=False)
+FAST = dict(learner="awr", epochs=8, value_epochs=5, q_epochs=8, bootstrap_samples=200, gate_min_ess=10.0, progress=False)
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def uniform_log() -> list[Transition]:
 
 
 def test_train_promotes_a_better_policy_then_refuses_a_worse_one(local, uniform_log) -> None:
-    first = train_on_transitions(local, TrainConfig(learner="awr", **FAST), uniform_log, {"source": "synthetic"})
+    first = train_on_transitions(local, TrainConfig(**FAST), uniform_log, {"source": "synthetic"})
     assert first.promoted and first.version == "1" and first.baseline == "behaviour"
     assert first.champion_before is None and first.n_transitions == 500 and first.n_train + first.n_heldout == 500
     challenger, behaviour = first.ope["challenger"].estimates["dr"], first.ope["behaviour"].estimates["dr"]
@@ -65,7 +65,7 @@ def test_train_promotes_a_better_policy_then_refuses_a_worse_one(local, uniform_
     assert client.get_model_version("job-policy", "1").run_id == first.run_id
 
     # behaviour cloning of uniform logs is worse than the champion: registered, judged, rejected
-    second = train_on_transitions(local, TrainConfig(learner="bc", **FAST), uniform_log)
+    second = train_on_transitions(local, TrainConfig(**FAST | {"learner": "bc"}), uniform_log)
     assert not second.promoted and second.version == "2" and second.baseline == "champion"
     assert second.champion_before == "1" and "does not beat champion" in second.reason
     assert registry.champion().version == "1"
