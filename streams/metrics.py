@@ -21,6 +21,8 @@ class WorkerMetrics:
         self.consumer_lag = Gauge("tamiyo_consumer_lag", "Consumer lag by topic", ["topic"], registry=r)
         self.commit_holds = Gauge("tamiyo_commit_holds", "Parked messages holding their partition's commit back",
                                   registry=r)
+        self.recovery_rejoins = Counter("tamiyo_recovery_rejoins_total",
+                                        "Group rejoins asked for because table recovery made no progress", registry=r)
         self._seen: dict[str, int] = {}
 
     def serve(self, port: int) -> None:

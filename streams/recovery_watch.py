@@ -123,9 +123,10 @@ class RecoveryWatchdog(threading.Thread):
     """Samples the app's recovery every ``interval_s`` from a thread of its own: Faust starts an
     app's timers and tasks only once the first recovery is complete, and that one can hang too."""
 
-    def __init__(self, app: Any, watch: RecoveryWatch, interval_s: float = CHECK_INTERVAL_S) -> None:
+    def __init__(self, app: Any, watch: RecoveryWatch, interval_s: float = CHECK_INTERVAL_S,
+                 metrics: Any = None) -> None:
         super().__init__(name="tamiyo-recovery-watch", daemon=True)
-        self.app, self.watch, self.interval_s = app, watch, interval_s
+        self.app, self.watch, self.interval_s, self.metrics = app, watch, interval_s, metrics
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -144,6 +145,8 @@ class RecoveryWatchdog(threading.Thread):
         if verdict == REJOIN:
             log.error("table recovery made no progress for %.0f s; rejoining the group to restart it "
                       "(rejoin %d of %d): %s", watch.stall_s, watch.rejoins, watch.max_rejoins, state)
+            if self.metrics is not None:
+                self.metrics.recovery_rejoins.inc()
             try:
                 request_rejoin(self.app)
             except Exception:
@@ -156,10 +159,11 @@ class RecoveryWatchdog(threading.Thread):
         os._exit(EXIT_RECOVERY_STALLED)
 
 
-def start(app: Any, stall_s: float, max_rejoins: int = 2) -> RecoveryWatchdog | None:
-    """Watch the app's table recovery (``stall_s`` <= 0: not at all)."""
+def start(app: Any, stall_s: float, max_rejoins: int = 2, metrics: Any = None) -> RecoveryWatchdog | None:
+    """Watch the app's table recovery (``stall_s`` <= 0: not at all); rejoins are counted in
+    ``metrics.recovery_rejoins`` when ``metrics`` (a ``WorkerMetrics``) is given."""
     if stall_s <= 0:
         return None
-    watchdog = RecoveryWatchdog(app, RecoveryWatch(stall_s, max_rejoins))
+    watchdog = RecoveryWatchdog(app, RecoveryWatch(stall_s, max_rejoins), metrics=metrics)
     watchdog.start()
     return watchdog

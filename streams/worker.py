@@ -37,7 +37,7 @@ def run_worker(settings: Settings) -> int:
             ctx.metrics.observe_lag(await consumer_lag(app), held_messages())
             ctx.metrics.observe_counters(ctx.counters)  # here only: not on the agents' per-batch paths
 
-    watchdog = recovery_watch.start(app, settings.recovery_stall_seconds, settings.recovery_max_rejoins)
+    watchdog = recovery_watch.start(app, settings.recovery_stall_seconds, settings.recovery_max_rejoins, ctx.metrics)
     reports = [0]
     stalls = LoopStalls(report_over_ms=settings.stall_report_ms)
 

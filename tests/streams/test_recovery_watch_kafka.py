@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.kafka.clients import base_config
 from streams.recovery_watch import EXIT_RECOVERY_STALLED
 from tamiyo.chaos.harness import wait_until
+from tests.streams.test_worker_kafka import free_port, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -41,8 +42,13 @@ def changelog_ending_in_a_marker(settings, table: str) -> str:
 
 def test_a_stalled_recovery_is_rejoined_then_the_worker_exits_for_its_supervisor(topics_ready, start_worker) -> None:
     changelog_ending_in_a_marker(topics_ready, "gate_state")
-    worker = start_worker(TAMIYO_RECOVERY_STALL_SECONDS="6", TAMIYO_RECOVERY_MAX_REJOINS="1")
-    wait_until(lambda: not worker.alive(), 150, what="the worker to give up on its recovery")
+    port = free_port()
+    worker = start_worker(TAMIYO_RECOVERY_STALL_SECONDS="6", TAMIYO_RECOVERY_MAX_REJOINS="1",
+                          TAMIYO_METRICS_PORT=str(port))
+    wait_until(lambda: "rejoining the group" in worker.log(), 120, what="the stall to be noticed", alive=worker.alive)
+    rejoins = scrape(port)["tamiyo_recovery_rejoins"]  # the exit comes 6-11 s after the rejoin
+    assert [s.value for s in rejoins if s.name.endswith("_total")] == [1.0]
+    wait_until(lambda: not worker.alive(), 60, what="the worker to give up on its recovery")
     assert worker.stop() == EXIT_RECOVERY_STALLED
     log = worker.log()
     assert re.search(r"table recovery made no progress for 6 s; rejoining the group to restart it \(rejoin 1 of 1\)"
