@@ -91,8 +91,8 @@ def describe(app: Any) -> str:
         parts.append(f"seek_guard(holding={guard.holding}, seeking={guard.seeking}, fetching={guard.fetching}, "
                      f"delivering={guard.delivering})")
     try:
-        paused = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer._thread._consumer._subscription.paused_partitions())
-        parts.append(f"paused={paused}")
+        subscription = consumer._thread._consumer._subscription
+        parts.append(f"paused={sorted(f'{tp.topic}/{tp.partition}' for tp in subscription.paused_partitions())}")
     except Exception:
         pass
     return " ".join(parts)

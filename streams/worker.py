@@ -8,10 +8,10 @@ from typing import Any
 
 import faust
 
+from streams import recovery_watch
 from streams.factory import create_app
 from streams.faust_compat import held_messages
 from streams.pauses import GcPauses, LoopStalls, freeze_startup_heap
-from streams import recovery_watch
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)

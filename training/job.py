@@ -92,7 +92,8 @@ class TrainConfig:
             raise ValueError("heldout_fraction must be in (0, 1)")
         if min(self.epochs, self.batch_size, self.hidden_dim, self.q_epochs, self.bootstrap_samples,
                self.lcbq_members) < 1:
-            raise ValueError("epochs, batch_size, hidden_dim, q_epochs, bootstrap_samples and lcbq_members must be >= 1")
+            raise ValueError("epochs, batch_size, hidden_dim, q_epochs, bootstrap_samples and lcbq_members "
+                             "must be >= 1")
         if self.lcbq_temperature <= 0 or self.lcbq_kappa < 0:
             raise ValueError("lcbq_temperature must be > 0 and lcbq_kappa >= 0")
 

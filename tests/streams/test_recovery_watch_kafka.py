@@ -18,12 +18,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.kafka.clients import base_config
 from streams.recovery_watch import EXIT_RECOVERY_STALLED
 from tamiyo.chaos.harness import wait_until
+from tamiyo.config import Settings
 from tests.streams.test_worker_kafka import free_port, scrape
 
 pytestmark = pytest.mark.kafka
 
 
-def changelog_ending_in_a_marker(settings, table: str) -> str:
+def changelog_ending_in_a_marker(settings: Settings, table: str) -> str:
     """Create ``table``'s changelog (as Faust would, compacted) and write one entry to each partition
     in a committed transaction: each partition then ends with a commit marker."""
     topic = f"{settings.topic_prefix}-worker-{table}-changelog"
