@@ -103,10 +103,18 @@ class SeekGuard:
         self.released.set()
 
 
+_GUARD_ATTRIBUTE = "_tamiyo_seek_guard"
+
+
+def existing_guard(consumer: Any) -> SeekGuard | None:
+    """The consumer's guard, if it has one yet (for reading its state; never creates one)."""
+    return consumer.__dict__.get(_GUARD_ATTRIBUTE)
+
+
 def guard_of(consumer: Any) -> SeekGuard:
-    guard = consumer.__dict__.get("_tamiyo_seek_guard")
+    guard = existing_guard(consumer)
     if guard is None:
-        guard = consumer.__dict__["_tamiyo_seek_guard"] = SeekGuard()
+        guard = consumer.__dict__[_GUARD_ATTRIBUTE] = SeekGuard()
     return guard
 
 

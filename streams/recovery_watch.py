@@ -21,7 +21,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+from streams.faust_seek import existing_guard
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def describe(app: Any) -> str:
     except Exception as exc:  # the log line must not fail the watchdog
         parts.append(f"remaining=? ({exc!r})")
     parts.append(f"flow_active={getattr(consumer, 'flow_active', '?')}")
-    guard = consumer.__dict__.get("_tamiyo_seek_guard")
+    guard = existing_guard(consumer)
     if guard is not None:
         parts.append(f"seek_guard(holding={guard.holding}, seeking={guard.seeking}, fetching={guard.fetching}, "
                      f"delivering={guard.delivering})")
@@ -98,25 +100,28 @@ def describe(app: Any) -> str:
     return " ".join(parts)
 
 
-def _position(consumer: Any, tp: Any) -> Any:
-    """The consumer's fetch position of ``tp`` (asked on the consumer thread's loop), or ``?``."""
+def _on_consumer_thread(consumer: Any, call: Callable[[Any], Awaitable[Any]], timeout: float) -> Any:
+    """``await call(aiokafka consumer)`` on the loop of Faust's consumer thread, where aiokafka
+    lives, from another thread; its result."""
     thread = consumer._thread
+    return asyncio.run_coroutine_threadsafe(call(thread._ensure_consumer()), thread.thread_loop).result(timeout)
+
+
+def _position(consumer: Any, tp: Any) -> Any:
+    """The consumer's fetch position of ``tp``, or ``?``."""
     try:
-        future = asyncio.run_coroutine_threadsafe(thread._ensure_consumer().position(tp), thread.thread_loop)
-        return future.result(2.0)
+        return _on_consumer_thread(consumer, lambda aio: aio.position(tp), 2.0)
     except Exception:
         return "?"
 
 
 def request_rejoin(app: Any, timeout: float = 10.0) -> None:
-    """Ask the group coordinator for a rejoin (a rebalance, then recovery again), on the loop of
-    Faust's consumer thread, where aiokafka lives."""
-    thread = app.consumer._thread
+    """Ask the group coordinator for a rejoin: a rebalance, then recovery again."""
 
-    async def _rejoin() -> None:
-        thread._ensure_consumer()._coordinator.request_rejoin()
+    async def _rejoin(aio: Any) -> None:
+        aio._coordinator.request_rejoin()
 
-    asyncio.run_coroutine_threadsafe(_rejoin(), thread.thread_loop).result(timeout)
+    _on_consumer_thread(app.consumer, _rejoin, timeout)
 
 
 class RecoveryWatchdog(threading.Thread):

@@ -153,7 +153,7 @@ def _bench_learning(env: BenchEnv, results: Results, cfg: LearningConfig, train:
         worker.stop()
     mid = sorted(range(len(latencies)), key=latencies.__getitem__)[len(latencies) // 2]
     results.add("learning_loop_latency_s", latencies, "s", models=cfg.models, collect_s=cfg.collect_s,
-                train_epochs=cfg.train_epochs, learner=TrainConfig().learner, stages_s=stages[mid],
+                train_epochs=cfg.train_epochs, learner=config.learner, stages_s=stages[mid],
                 promoted_by_hand=f"{forced}/{cfg.runs}",
                 champion_poll_s=settings.champion_poll_seconds,
                 measured="first DecisionRecord of the new version (Kafka timestamp) - end of data window")
