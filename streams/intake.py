@@ -7,8 +7,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from schemas import DecodeError, decode
+from schemas import DecodeError
 from schemas.codec import resolve_ids, unresolved_ids
+from schemas.numeric_arrays import decode_arrays
 from streams.validation import validate
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def accept(raw: RawMessage, expected: frozenset[str], max_bytes: int) -> Accepte
     if not raw.key:
         return Rejected(raw, "empty_key", "message key is empty; it must be the model id")
     try:
-        decoded = decode(raw.value, lookup=False)  # ids were resolved by resolve_schema_ids
+        # ids were resolved by resolve_schema_ids; a HealthBatch's float columns come as numpy arrays
+        decoded = decode_arrays(raw.value, lookup=False)
         if decoded.name not in expected:
             return Rejected(raw, "wrong_type", f"{decoded.name} does not belong on {raw.topic}")
         validate(decoded.name, decoded.value)

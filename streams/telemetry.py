@@ -7,7 +7,9 @@ from typing import Any
 
 import faust
 
-from models.graph import update_layer_aggregate
+from models.batch_aggregates import batch_layer_aggregates
+from models.graph import merge_layer_aggregates, update_layer_aggregate
+from schemas.health_batch import batch_size
 from streams.archive import archive
 from streams.context import WorkerContext
 from streams.deadletter import send_dead_letter
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 BATCH_WITHIN_S = 0.01
 
 TOPOLOGY = frozenset({"ModelTopology"})
-HEALTH = frozenset({"HealthSignal", "HealthReport"})
+HEALTH = frozenset({"HealthSignal", "HealthReport", "HealthBatch"})
 
 
 def register(app: faust.App, ctx: WorkerContext) -> Any:
@@ -174,32 +176,47 @@ def layer_names_of(model_id: str, topology: dict) -> frozenset[str]:
 
 
 def signals_of(accepted: Accepted) -> list[dict]:
-    """The HealthSignals a health message carries: itself, or the signals of a HealthReport."""
-    return accepted.record["signals"] if accepted.name == "HealthReport" else [accepted.record]
+    """What a health message adds to its model's fold: its HealthSignal, a HealthReport's signals, or
+    a HealthBatch whole (folded by columns; it has ``layer_names``, a signal has ``layer_name``)."""
+    if accepted.name == "HealthReport":
+        return accepted.record["signals"]
+    return [accepted.record]
+
+
+def signal_count(accepted: Accepted) -> int:
+    """The HealthSignals a health message carries."""
+    if accepted.name == "HealthBatch":
+        return batch_size(accepted.record)
+    return len(accepted.record["signals"]) if accepted.name == "HealthReport" else 1
+
+
+def layers_named(accepted: Accepted) -> list[str]:
+    """The layer names a health message reports on."""
+    if accepted.name == "HealthBatch":
+        return accepted.record["layer_names"]
+    return [signal["layer_name"] for signal in signals_of(accepted)]
 
 
 async def _stale_signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted) -> None:
     """Archive the signals of a superseded run (they are experience) without folding them."""
     await archive(ctx, outbox, accepted.name, accepted.raw)
-    ctx.counters.stale_signals += len(signals_of(accepted))
+    ctx.counters.stale_signals += signal_count(accepted)
 
 
 async def _signal(ctx: WorkerContext, outbox: Outbox, accepted: Accepted,
                   folds: dict[str, tuple[Any, list[dict]]], event: Any) -> None:
-    """Archive one HealthSignal or HealthReport and queue its signals for folding; a report with a
-    layer the topology does not know is dead-lettered whole."""
-    record = accepted.record
-    model_id = record["model_id"]
+    """Archive one health message and queue its signals for folding; a report or batch with a layer
+    the topology does not know is dead-lettered whole."""
+    model_id = accepted.record["model_id"]
     known = layer_names_of(model_id, ctx.topologies.get(model_id))
-    signals = signals_of(accepted)
-    for signal in signals:
-        if signal["layer_name"] not in known:
-            await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_layer", f"layer {signal['layer_name']!r} "
+    for layer in layers_named(accepted):
+        if layer not in known:
+            await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_layer", f"layer {layer!r} "
                                                 f"is not in the topology of {model_id!r}"))
             return
     await archive(ctx, outbox, accepted.name, accepted.raw)
-    ctx.counters.health_signals += len(signals)
-    folds.setdefault(model_id, (event, []))[1].extend(signals)
+    ctx.counters.health_signals += signal_count(accepted)
+    folds.setdefault(model_id, (event, []))[1].extend(signals_of(accepted))
 
 
 def window_at(ctx: WorkerContext, timestamp_s: float) -> Any:
@@ -210,20 +227,30 @@ def window_at(ctx: WorkerContext, timestamp_s: float) -> Any:
     return ctx.graphs.relative_to(float(timestamp_s))
 
 
-def _fold_signals(ctx: WorkerContext, model_id: str, signals: list[dict]) -> None:
-    timestamp_s = max(s["timestamp_ms"] for s in signals) / 1000.0
+def _latest_ms(part: dict) -> int:
+    return max(part["timestamp_ms"]) if "layer_names" in part else part["timestamp_ms"]
+
+
+def _fold_signals(ctx: WorkerContext, model_id: str, parts: list[dict]) -> None:
+    """Fold HealthSignals and HealthBatches (``signals_of``), in arrival order, into the model's window."""
+    timestamp_s = max(_latest_ms(p) for p in parts) / 1000.0
     table = window_at(ctx, timestamp_s)
     state = dict(table[model_id].value() or {})
     layers = dict(state.get("layers", {}))
-    last = signals[-1]
+    run_id = parts[-1]["run_id"]
     epoch = state.get("epoch", -1)
-    if state.get("run_id") not in (None, last["run_id"]):
+    if state.get("run_id") not in (None, run_id):
         layers, epoch = {}, -1  # a new run starts a fresh graph
-    for signal in signals:
-        if signal["run_id"] != last["run_id"]:
+    for part in parts:
+        if part["run_id"] != run_id:
             continue
-        layers[signal["layer_name"]] = update_layer_aggregate(layers.get(signal["layer_name"]), signal)
-        epoch = max(epoch, signal["epoch"])
+        if "layer_names" in part:
+            for name, agg in batch_layer_aggregates(part).items():
+                layers[name] = merge_layer_aggregates(layers.get(name), agg)
+            epoch = max(epoch, max(part["epoch"]))
+        else:
+            layers[part["layer_name"]] = update_layer_aggregate(layers.get(part["layer_name"]), part)
+            epoch = max(epoch, part["epoch"])
     # The newest epoch seen in this window, not just in this batch: the window-close trigger decides
     # the epoch before it.
-    table[model_id] = {"run_id": last["run_id"], "epoch": epoch, "layers": layers}
+    table[model_id] = {"run_id": run_id, "epoch": epoch, "layers": layers}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
+
 from schemas import DecodeError
+from schemas.health_batch import DOUBLE_FIELDS, INT_FIELDS, REPORT_FIELDS
 
 
 class ValidationError(DecodeError):
@@ -64,6 +67,58 @@ def _health_report(r: dict[str, Any]) -> None:
             raise ValidationError("validation", f"signal {i} ({signal['layer_name']!r}): {exc.reason}") from None
 
 
+#: Per-signal float fields of a HealthBatch and their allowed [low, high] (no infinity allowed anywhere).
+_BATCH_FLOAT_BOUNDS = {"health_score": (0.0, 1.0), "activation_variance": (0.0, math.inf),
+                       "dead_neuron_ratio": (0.0, 1.0), "avg_correlation": (-1.0, 1.0),
+                       "gradient_norm": (0.0, math.inf), "execution_latency_ms": (0.0, math.inf)}
+_BATCH_LOW = np.array([low for low, _ in _BATCH_FLOAT_BOUNDS.values()])[:, None]
+_BATCH_HIGH = np.array([min(high, np.finfo(np.float64).max) for _, high in _BATCH_FLOAT_BOUNDS.values()])[:, None]
+
+
+def _health_batch(r: dict[str, Any]) -> None:
+    """The HealthSignal rules on every signal of a batch at once, plus the batch's shape."""
+    _non_empty(r, "model_id", "run_id", "layer_names", "epoch")
+    names = r["layer_names"]
+    if len(set(names)) != len(names) or not all(names):
+        raise ValidationError("validation", "layer_names must be unique and non-empty")
+    reports, width = len(r["epoch"]), len(names)
+    for name in REPORT_FIELDS + DOUBLE_FIELDS + INT_FIELDS:
+        expected = reports if name in REPORT_FIELDS else reports * width
+        if len(r[name]) != expected:
+            shape = f"{reports} reports" if name in REPORT_FIELDS else f"{reports} reports x {width} layers"
+            raise ValidationError("validation", f"{name} has {len(r[name])} items, expected {expected} ({shape})")
+    floats = np.array([r[name] for name in _BATCH_FLOAT_BOUNDS], dtype=np.float64)
+    per_report = np.array([r[name] for name in REPORT_FIELDS], dtype=np.int64)
+    ints = np.array([r[name] for name in INT_FIELDS], dtype=np.int64)
+    if ((floats >= _BATCH_LOW) & (floats <= _BATCH_HIGH)).all() and (per_report >= 0).all() and (ints >= 0).all():
+        if (ints[1] > ints[2]).any():
+            i = int(np.flatnonzero(ints[1] > ints[2])[0])
+            raise ValidationError("validation", f"report {i // width} layer {names[i % width]!r}: "
+                                                f"active_seeds={ints[1, i]} > total_seeds={ints[2, i]}")
+        seeds = int(ints[2].sum())
+        if len(r["seed_states"]) != seeds:
+            raise ValidationError("validation", f"{len(r['seed_states'])} seed_states for {seeds} seeds "
+                                                "(the sum of total_seeds)")
+        return
+    # Something is out of bounds: name the first offending value.
+    for name, column in zip(REPORT_FIELDS, per_report):
+        if (column < 0).any():
+            i = int(np.flatnonzero(column < 0)[0])
+            raise ValidationError("validation", f"report {i}: {name}={column[i]} is negative")
+    named = list(zip(_BATCH_FLOAT_BOUNDS, floats)) + list(zip(INT_FIELDS, ints))
+    for name, column in named:
+        low, high = _BATCH_FLOAT_BOUNDS.get(name, (0.0, math.inf))
+        bad = ~np.isfinite(column) | (column < low) | (column > high)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            if not np.isfinite(column[i]):
+                rule = "is not a finite number"
+            else:
+                rule = "is negative" if high == math.inf else f"is outside [{low}, {high}]"
+            raise ValidationError("validation", f"report {i // width} layer {names[i % width]!r}: "
+                                                f"{name}={column[i]} {rule}")
+
+
 def _topology(r: dict[str, Any]) -> None:
     _non_empty(r, "model_id", "run_id", "layers")
     names = [layer["name"] for layer in r["layers"]]
@@ -98,6 +153,7 @@ def _command(r: dict[str, Any]) -> None:
 VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
     "HealthSignal": _health_signal,
     "HealthReport": _health_report,
+    "HealthBatch": _health_batch,
     "ModelTopology": _topology,
     "EpochOutcome": _epoch_outcome,
     "CommandOutcome": _command_outcome,

@@ -21,6 +21,15 @@ SAMPLES: dict[str, dict] = {
             for name in ("layers.0", "layers.1")
         ],
     },
+    "HealthBatch": {
+        "model_id": "m-1", "run_id": "run-1", "layer_names": ["layers.0", "layers.1"],
+        "epoch": [3, 3], "step": [120, 140], "timestamp_ms": [1_700_000_000_000, 1_700_000_002_000],
+        "health_score": [0.8, 0.7, 0.75, 0.6], "activation_variance": [0.5, 0.4, 0.5, 0.3],
+        "dead_neuron_ratio": [0.1, 0.0, 0.1, 0.2], "avg_correlation": [0.2, -0.1, 0.2, 0.0],
+        "gradient_norm": [0.03, 0.02, 0.03, 0.01], "execution_latency_ms": [0.4, 0.3, 0.4, 0.5],
+        "error_count": [0, 0, 1, 0], "active_seeds": [1, 0, 1, 1], "total_seeds": [2, 2, 2, 2],
+        "seed_states": ["TRAINING", "DORMANT", "DORMANT", "DORMANT", "TRAINING", "DORMANT", "BLENDING", "DORMANT"],
+    },
     "ModelTopology": {
         "model_id": "m-1", "run_id": "run-1", "timestamp_ms": 1_700_000_000_000,
         "layers": [

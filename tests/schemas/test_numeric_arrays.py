@@ -68,10 +68,22 @@ def test_decision_records_decode_to_the_same_values_with_arrays(layers: int, fea
 
 def test_other_records_decode_exactly_as_decode_does() -> None:
     for name, sample in SAMPLES.items():
-        if name == "DecisionRecord":
+        if name in ("DecisionRecord", "HealthBatch"):
             continue
         data = encode(name, sample)
         assert decode_arrays(data) == decode(data), name
+
+
+def test_a_health_batch_has_its_float_columns_as_numpy_and_the_rest_as_decode_gives() -> None:
+    data = encode("HealthBatch", SAMPLES["HealthBatch"])
+    arrays, plain = decode_arrays(data).value, decode(data).value
+    assert arrays.keys() == plain.keys()
+    for name, value in plain.items():
+        if isinstance(arrays[name], np.ndarray):
+            assert arrays[name].dtype == np.float64 and arrays[name].tolist() == value, name
+        else:
+            assert arrays[name] == value, name
+    assert sum(isinstance(v, np.ndarray) for v in arrays.values()) == 6  # the six per-signal float fields
 
 
 def test_corrupt_bodies_are_decode_errors() -> None:

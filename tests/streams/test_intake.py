@@ -105,3 +105,52 @@ def test_report_schema_carries_the_current_health_signal_schema() -> None:
     report_schema = json.loads((SCHEMA_DIR / "HealthReport.avsc").read_text())
     items = next(f for f in report_schema["fields"] if f["name"] == "signals")["type"]["items"]
     assert items == signal_schema
+
+
+def batch(**changes: object) -> bytes:
+    return encode("HealthBatch", dict(SAMPLES["HealthBatch"], **changes))
+
+
+def test_valid_batch_is_accepted_with_numpy_float_columns() -> None:
+    import numpy as np
+
+    result = accept(raw(batch()), HEALTH | {"HealthBatch"}, 10_000)
+    assert isinstance(result, Accepted) and result.name == "HealthBatch"
+    assert isinstance(result.record["health_score"], np.ndarray)
+    assert result.record["health_score"].tolist() == SAMPLES["HealthBatch"]["health_score"]
+    assert result.record["layer_names"] == ["layers.0", "layers.1"]
+
+
+@pytest.mark.parametrize("changes,reason", [
+    ({"health_score": [0.8, 0.7, float("nan"), 0.6]}, "report 1 layer 'layers.0': health_score=nan is not a finite"),
+    ({"avg_correlation": [0.2, -0.1, 0.2, 1.5]}, "report 1 layer 'layers.1': avg_correlation=1.5 is outside"),
+    ({"gradient_norm": [0.03, float("inf"), 0.03, 0.01]}, "gradient_norm=inf is not a finite number"),
+    ({"error_count": [0, -1, 1, 0]}, "report 0 layer 'layers.1': error_count=-1 is negative"),
+    ({"step": [120, -140]}, "report 1: step=-140 is negative"),
+    ({"active_seeds": [1, 3, 1, 1]}, "report 0 layer 'layers.1': active_seeds=3 > total_seeds=2"),
+    ({"seed_states": ["DORMANT"]}, "1 seed_states for 8 seeds"),
+    ({"health_score": [0.8, 0.7, 0.75]}, "health_score has 3 items, expected 4 (2 reports x 2 layers)"),
+    ({"timestamp_ms": [1]}, "timestamp_ms has 1 items, expected 2 (2 reports)"),
+    ({"layer_names": ["layers.0", "layers.0"]}, "layer_names must be unique"),
+    ({"epoch": []}, "epoch is empty"),
+])
+def test_a_batch_with_one_bad_item_is_rejected_whole(changes: dict, reason: str) -> None:
+    result = accept(raw(batch(**changes)), HEALTH | {"HealthBatch"}, 10_000)
+    assert isinstance(result, Rejected) and result.kind == "validation"
+    assert reason in result.reason, result.reason
+
+
+def test_batch_schema_has_a_column_for_every_health_signal_field() -> None:
+    """HealthBatch.avsc is HealthSignal.avsc by column: same fields (model, run and layer names once), the
+    item types of HealthSignal's, the same SeedState enum. They must not drift."""
+    import json
+
+    from schemas.codec import SCHEMA_DIR
+
+    signal_fields = {f["name"]: f["type"] for f in json.loads((SCHEMA_DIR / "HealthSignal.avsc").read_text())["fields"]}
+    batch_fields = {f["name"]: f["type"] for f in json.loads((SCHEMA_DIR / "HealthBatch.avsc").read_text())["fields"]}
+    assert batch_fields.pop("model_id") == signal_fields.pop("model_id") == "string"
+    assert batch_fields.pop("run_id") == signal_fields.pop("run_id") == "string"
+    assert batch_fields.pop("layer_names") == {"type": "array", "items": signal_fields.pop("layer_name")}
+    assert batch_fields.pop("seed_states") == signal_fields.pop("seed_states")
+    assert batch_fields == {name: {"type": "array", "items": item} for name, item in signal_fields.items()}
