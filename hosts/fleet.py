@@ -1,7 +1,7 @@
 """Fleet: many SimulatedModels in one process, speaking the same Kafka contract as a real host.
 
-Per model and epoch it publishes ``signals_per_epoch`` HealthReports (each one HealthSignal per
-layer) and an EpochOutcome, plus a ModelTopology at the start of every run and after every applied command.
+Per model and epoch it publishes one HealthBatch of ``signals_per_epoch`` reports (each one
+HealthSignal per layer) and an EpochOutcome, plus a ModelTopology at the start of every run and after every applied command.
 It reads the commands topic from its end (no consumer group), applies each command at most once
 to the model its key names, and answers with a CommandOutcome on the outcomes topic. All records
 are keyed by model id. Throughput: about 50k records/s for 1,000 models on 2 cores, most of it
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class FleetStats:
     models: int = 0
     health_signals: int = 0
-    health_reports: int = 0  # messages: one per model and round, carrying one signal per layer
+    health_reports: int = 0  # rounds of one signal per layer (signals_per_epoch per model and epoch)
+    health_messages: int = 0  # HealthBatches: one per model and epoch
     epochs: int = 0
     runs: int = 0
     topologies: int = 0
@@ -100,11 +101,11 @@ class Fleet:
                         announced[model_id] = topology["run_id"]
                         stats.topologies += 1
                         stats.runs += 1
-                    for _ in range(model.signals_per_epoch):
-                        signals = model.health_signals()
-                        publisher.send_report(topics.health, model_id, model.run_id, signals)
-                        stats.health_signals += len(signals)
-                        stats.health_reports += 1
+                    reports = [model.health_signals() for _ in range(model.signals_per_epoch)]
+                    publisher.send_reports(topics.health, model_id, model.run_id, reports)
+                    stats.health_signals += sum(len(report) for report in reports)
+                    stats.health_reports += len(reports)
+                    stats.health_messages += 1
                     publisher.send(topics.outcomes, model_id, "EpochOutcome", model.end_epoch())
                     stats.epochs += 1
                     if i % 100 == 99:

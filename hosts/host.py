@@ -1,8 +1,9 @@
 """run_host: train a real KasminaMLP on digits and follow the controller over Kafka.
 
-Publishes (keyed by model id) a ModelTopology at start and after every applied command, a
-HealthReport (one HealthSignal per layer) every ``report_every_steps`` steps, and an EpochOutcome per epoch
-(``final=True`` on the last). Reads AdaptationCommands from the partition its key hashes to,
+Publishes (keyed by model id) a ModelTopology at start and after every applied command, a report
+(one HealthSignal per layer) every ``report_every_steps`` steps, and an EpochOutcome per epoch
+(``final=True`` on the last). Reports are sent as HealthBatch messages: each epoch's reports go out
+before its EpochOutcome, and earlier whenever ``reports_per_message`` of them are waiting. Reads AdaptationCommands from the partition its key hashes to,
 starting at the end offset captured before the first topology, applies each decision id at most
 once and answers with a CommandOutcome. After each epoch but the last it waits up to
 ``decision_wait_s`` for a command about that epoch, so the controller can act before training
@@ -36,6 +37,7 @@ class HostStats:
     steps: int = 0
     health_signals: int = 0
     health_reports: int = 0
+    health_messages: int = 0  # HealthBatches
     topologies: int = 0
     commands_received: int = 0
     commands_applied: int = 0
@@ -57,7 +59,8 @@ def _now_ms() -> int:
 
 
 class _Host:
-    def __init__(self, settings: Settings, model_id: str, trainer: DigitsTrainer, run_id: str) -> None:
+    def __init__(self, settings: Settings, model_id: str, trainer: DigitsTrainer, run_id: str,
+                 reports_per_message: int = 8) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.model_id = model_id
@@ -70,6 +73,8 @@ class _Host:
         self.publisher = Publisher(settings, **{"linger.ms": 5})
         self.run_start_ms = _now_ms()
         self.epoch = 0  # the epoch being trained
+        self.reports_per_message = max(1, reports_per_message)
+        self.pending: list[list[dict[str, Any]]] = []  # reports not sent yet
 
     def publish_topology(self) -> None:
         record = {"model_id": self.model_id, "run_id": self.run_id, "timestamp_ms": _now_ms(),
@@ -78,15 +83,25 @@ class _Host:
         self.stats.topologies += 1
 
     def report_health(self, step: int) -> None:
-        """One HealthReport: a HealthSignal per Kasmina layer at this step."""
+        """One report, a HealthSignal per Kasmina layer at this step; sent when ``reports_per_message``
+        are waiting (or by ``send_health``)."""
         now = _now_ms()
         signals = [{"model_id": self.model_id, "run_id": self.run_id, "layer_name": name, "epoch": self.epoch,
                     "step": step, "timestamp_ms": now, **layer.health()}
                    for name, layer in self.trainer.net.kasmina_layers.items()]
-        self.publisher.send_report(self.topics.health, self.model_id, self.run_id, signals)
+        self.pending.append(signals)
         self.stats.health_signals += len(signals)
         self.stats.health_reports += 1
-        self.publisher.poll()
+        if len(self.pending) >= self.reports_per_message:
+            self.send_health()
+
+    def send_health(self) -> None:
+        """The waiting reports as one HealthBatch message."""
+        if self.pending:
+            self.publisher.send_reports(self.topics.health, self.model_id, self.run_id, self.pending)
+            self.pending = []
+            self.stats.health_messages += 1
+            self.publisher.poll()
 
     def handle_commands(self, timeout: float = 0.0) -> set[int]:
         """Apply what arrived; returns the epochs the handled commands were decided for."""
@@ -129,6 +144,7 @@ class _Host:
                 return
 
     def close(self) -> None:
+        self.send_health()
         left = self.publisher.flush()
         if left:
             log.warning("%s: %d messages were not delivered", self.model_id, left)
@@ -142,6 +158,7 @@ def run_host(
     seed: int = 0,
     hidden: tuple[int, ...] = (64, 64, 32),
     report_every_steps: int = 20,
+    reports_per_message: int = 8,
     epoch_timeout_s: float | None = None,
     decision_wait_s: float = 0.5,
     stop_event: threading.Event | None = None,
@@ -158,7 +175,8 @@ def run_host(
     stop = stop_event or threading.Event()
     started = time.monotonic()
     trainer = DigitsTrainer(seed=seed, hidden=hidden, batch_size=batch_size, lr=lr, num_seeds=num_seeds)
-    host = _Host(settings, model_id, trainer, run_id=f"{model_id}-{uuid.uuid4().hex[:12]}")
+    host = _Host(settings, model_id, trainer, run_id=f"{model_id}-{uuid.uuid4().hex[:12]}",
+                 reports_per_message=reports_per_message)
     stats = host.stats
 
     def after_step(step: int) -> None:
@@ -177,6 +195,7 @@ def run_host(
             except _Stopped:
                 break
             final = epoch == epochs - 1
+            host.send_health()  # the epoch's signals before its outcome: the controller decides on them
             host.epoch = epoch + 1  # epoch ``epoch`` has ended: commands about it are now valid
             outcome = {"model_id": model_id, "run_id": host.run_id, "epoch": epoch, "timestamp_ms": _now_ms(),
                        "train_loss": result.train_loss, "val_loss": result.val_loss,

@@ -10,6 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from hosts.partitioner import partition_for
 from schemas import DecodeError, decode_as, encode
+from schemas.health_batch import health_batch
 from streams.kafka.clients import make_consumer, make_producer
 from tamiyo.config import Settings
 
@@ -51,10 +52,11 @@ class Publisher:
     def send(self, topic: str, key: str, name: str, record: dict[str, Any]) -> None:
         self.send_raw(topic, key.encode(), encode(name, record))
 
-    def send_report(self, topic: str, model_id: str, run_id: str, signals: list[dict[str, Any]]) -> None:
-        """The HealthSignals of one step as one HealthReport message (one Kafka record, not one per layer)."""
-        if signals:
-            self.send(topic, model_id, "HealthReport", health_report(model_id, run_id, signals))
+    def send_reports(self, topic: str, model_id: str, run_id: str, reports: list[list[dict[str, Any]]]) -> None:
+        """Several steps' HealthSignals (one report per step, one signal per layer) as one HealthBatch message."""
+        reports = [report for report in reports if report]
+        if reports:
+            self.send(topic, model_id, "HealthBatch", health_batch(model_id, run_id, reports))
 
     def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
         while True:

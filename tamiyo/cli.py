@@ -50,7 +50,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_host(args: argparse.Namespace) -> int:
     from hosts.host import run_host
 
-    stats = run_host(_settings(args), model_id=args.model_id, epochs=args.epochs, seed=args.seed)
+    stats = run_host(_settings(args), model_id=args.model_id, epochs=args.epochs, seed=args.seed,
+                     reports_per_message=args.reports_per_message)
     print(stats)
     return 0
 
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", default=f"host-{os.getpid()}")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reports-per-message", type=int, default=8,
+                   help="health reports per HealthBatch message (an epoch's reports are sent at its end anyway)")
     p = add("fleet", cmd_fleet, "simulate many hosts at high rate")
     p.add_argument("--models", type=int, default=100)
     p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until --epochs)")

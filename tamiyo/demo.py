@@ -25,6 +25,7 @@ from confluent_kafka import TopicPartition
 from tqdm import tqdm
 
 from schemas import DecodeError, decode, encode
+from schemas.health_batch import batch_size
 from streams.archive import TYPE_HEADER
 from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import make_consumer, make_producer
@@ -80,13 +81,15 @@ class Tally(threading.Thread):
         self.types[kind] += 1
         if kind == "HealthSignal":
             self.signals += 1
-        if kind in ("ModelTopology", "DecisionRecord", "CommandOutcome", "HealthReport"):
+        if kind in ("ModelTopology", "DecisionRecord", "CommandOutcome", "HealthReport", "HealthBatch"):
             try:
                 record = decode(message.value()).value
             except DecodeError:
                 return
             if kind == "HealthReport":
                 self.signals += len(record["signals"])
+            elif kind == "HealthBatch":
+                self.signals += batch_size(record)
             elif kind == "ModelTopology":
                 self.models.add(record["model_id"])
             elif kind == "DecisionRecord":
@@ -104,7 +107,7 @@ class Tally(threading.Thread):
         return {
             "models": len(self.models),
             "health_signals": self.signals,
-            "health_messages": self.types["HealthReport"] + self.types["HealthSignal"],
+            "health_messages": self.types["HealthBatch"] + self.types["HealthReport"] + self.types["HealthSignal"],
             "decisions": self.types["DecisionRecord"],
             "commands_sent": self.types["AdaptationCommand"],
             "commands_applied": self.applied,

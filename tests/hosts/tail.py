@@ -8,6 +8,7 @@ from typing import Any, Callable
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from schemas import decode
+from schemas.health_batch import batch_signals
 from streams.kafka.clients import make_consumer
 from tamiyo.config import Settings
 
@@ -37,6 +38,8 @@ class Tail:
             self.records.append((message.topic(), decoded.name, decoded.value))
             if decoded.name == "HealthReport":  # its signals count as HealthSignals too
                 self.records += [(message.topic(), "HealthSignal", s) for s in decoded.value["signals"]]
+            elif decoded.name == "HealthBatch":
+                self.records += [(message.topic(), "HealthSignal", s) for s in batch_signals(decoded.value)]
 
     def wait_for(self, predicate: Callable[[Record], bool], count: int = 1, timeout: float = 30.0) -> list[Record]:
         deadline = time.monotonic() + timeout

@@ -59,8 +59,9 @@ def test_fleet_publishes_and_applies_each_command_once(topics_ready) -> None:
     assert count(changed) - count(first) == applied["parameter_delta"]
     assert len(tail.of("HealthSignal")) == stats.health_signals > 0
     assert len(tail.of("EpochOutcome")) == stats.epochs >= 5
-    assert len(tail.of("HealthReport")) == stats.health_reports > 0
-    assert stats.messages_produced == stats.health_reports + stats.epochs + stats.topologies + 2
+    assert len(tail.of("HealthBatch")) == stats.health_messages == stats.epochs  # one per model and epoch
+    assert sum(len(b["epoch"]) for b in tail.of("HealthBatch")) == stats.health_reports == 2 * stats.epochs
+    assert stats.messages_produced == stats.health_messages + stats.epochs + stats.topologies + 2
     assert stats.delivery_failures == 0 and tail.keys_ok
     layer0 = [v for v in tail.of("HealthSignal", model_id=target, layer_name="layers.0")]
     assert layer0[-1]["seed_states"][0] in ("GERMINATED", "TRAINING", "BLENDING")  # the seed is growing

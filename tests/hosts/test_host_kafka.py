@@ -66,5 +66,11 @@ def test_host_trains_and_applies_a_germinate_command(topics_ready) -> None:
     assert len(signals) == stats.health_signals > 0
     assert {s["layer_name"] for s in signals} == {"layers.0", "layers.1", "layers.2"}
     assert all(0.0 <= s["health_score"] <= 1.0 for s in signals)
+    # Reports travel in HealthBatches of at most reports_per_message (8), and no batch spans two epochs
+    # (each epoch's reports are sent before its outcome).
+    batches = tail.of("HealthBatch", model_id=model_id)
+    assert len(batches) == stats.health_messages and sum(len(b["epoch"]) for b in batches) == stats.health_reports
+    assert all(1 <= len(b["epoch"]) <= 8 and len(set(b["epoch"])) == 1 for b in batches)
+    assert stats.health_messages < stats.health_reports  # batched, not one message per report
     assert any(s["seed_states"][0] == "GERMINATED" for s in signals if s["layer_name"] == "layers.1")
     assert tail.keys_ok and elapsed < 20

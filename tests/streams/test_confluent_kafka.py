@@ -74,7 +74,7 @@ def test_fleet_and_worker_speak_the_confluent_format(topics_ready, schema_regist
             name = decode(message.value()).name
             produced[name] += 1
             assert f'"name":"{name}"' in client.schema_by_id(_schema_id(message.value()))
-    assert produced["HealthReport"] == stats.health_reports > 0 and produced["AdaptationCommand"] >= 1
+    assert produced["HealthBatch"] == stats.health_messages > 0 and produced["AdaptationCommand"] >= 1
 
     # The worker archives every valid message (original bytes) and writes Confluent-framed decisions.
     def archived() -> tuple[Counter, list]:

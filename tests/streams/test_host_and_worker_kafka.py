@@ -11,6 +11,7 @@ import pytest
 
 from hosts.host import run_host
 from schemas import decode
+from schemas.health_batch import batch_size
 from streams.archive import TYPE_HEADER
 from streams.kafka.reader import header, read_topic
 
@@ -38,8 +39,8 @@ def test_host_applies_commands_and_every_message_is_archived(topics_ready, start
         for message in read_topic(settings, topic, idle_timeout=2.0):
             decoded = decode(message.value())
             produced[decoded.name] += 1
-            if decoded.name == "HealthReport":
-                signals += len(decoded.value["signals"])
+            if decoded.name == "HealthBatch":
+                signals += batch_size(decoded.value)
 
     def archived() -> tuple[Counter, list[dict]]:
         kinds: Counter = Counter()
@@ -58,7 +59,7 @@ def test_host_applies_commands_and_every_message_is_archived(topics_ready, start
         time.sleep(1.0)
         kinds, decisions = archived()
     assert worker.alive()
-    assert produced["HealthReport"] == stats.health_reports and signals == stats.health_signals > 0
+    assert produced["HealthBatch"] == stats.health_messages and signals == stats.health_signals > 0
     assert produced["ModelTopology"] == stats.topologies
     # Every message of every topic is on the experience topic (at least once), plus one decision per epoch.
     for name, count in produced.items():
