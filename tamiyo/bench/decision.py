@@ -2,10 +2,10 @@
 
 A paced load generator plays ``models`` simulated models against one worker serving the GNN policy
 (``TAMIYO_POLICY=untrained``: same network and code path as a champion). Every model runs an epoch
-every ``epoch_s`` seconds, staggered over the interval: one HealthReport (a HealthSignal per layer,
-as hosts send them) half-way, another and then the EpochOutcome at the end. So 1,000 models mean
-200 reports/s (~2,400 signals/s) and 100 decisions/s with topology, signals and table state
-present for all of them.
+every ``epoch_s`` seconds, staggered over the interval: a report (a HealthSignal per layer) half-way,
+another at the end, and then, as hosts send them, both reports as one HealthBatch followed by the
+EpochOutcome. So 1,000 models mean 200 reports/s (~2,400 signals/s) and 100 decisions/s with
+topology, signals and table state present for all of them.
 
 Latency of one decision = the command record's Kafka timestamp (set by the worker's producer when
 it appends the command) minus the outcome record's Kafka timestamp (set by the generator when it
@@ -34,7 +34,7 @@ class DecisionConfig:
     small_epochs_per_run: int = 2
     runs: int = 3
     policy: str = "untrained"
-    reports: bool = True  # HealthReports as hosts send them; False: one HealthSignal per message
+    reports: bool = True  # HealthBatches as hosts send them; False: one HealthSignal per message
 
 
 class CommandCollector(threading.Thread):
@@ -85,16 +85,17 @@ class LoadGenerator:
 
     def play(self, epochs: int, tag: int) -> None:
         """``epochs`` epochs of every model; outcomes are tagged with ``tag`` (the run index)."""
-        from hosts.wire import health_report
         from schemas import encode
+        from schemas.health_batch import health_batch
 
         topics = self.settings.topics
         n = len(self.models)
         step = self.epoch_s / n
         # Every model has two events per epoch: a signal round at its slot + epoch_s/2, and at its
-        # slot the next round followed by the EpochOutcome (so signals lead the outcome).
+        # slot the next round, then the epoch's rounds and the EpochOutcome (so signals lead the outcome).
         events = sorted([(i * step, 0, i) for i in range(n)] + [((i * step + self.epoch_s / 2) % self.epoch_s, 1, i)
                                                                for i in range(n)])
+        held: dict[int, list[list[dict]]] = {}  # a model's rounds of this epoch, not sent yet
         start = time.monotonic()
         for e in range(epochs):
             for offset, kind, i in events:
@@ -106,8 +107,12 @@ class LoadGenerator:
                 key = model.model_id.encode()
                 signals = model.health_signals()
                 if self.reports:
-                    report = health_report(model.model_id, model.run_id, signals)
-                    self.producer.produce(topics.health, encode("HealthReport", report), key)
+                    rounds = held.setdefault(i, [])
+                    rounds.append(signals)
+                    if kind == 0:
+                        batch = health_batch(model.model_id, model.run_id, [r for r in rounds if r])
+                        self.producer.produce(topics.health, encode("HealthBatch", batch), key)
+                        held[i] = []
                 else:
                     for signal in signals:
                         self.producer.produce(topics.health, encode("HealthSignal", signal), key)
@@ -214,7 +219,7 @@ def bench_decision(env: BenchEnv, results: Results, cfg: DecisionConfig) -> None
         extra = dict(models=models, epoch_every_s=cfg.epoch_s, policy=cfg.policy,
                      signals_per_s=round(models * 2 * 12 / cfg.epoch_s),  # ~12 layers on average
                      decisions_per_s=round(models / cfg.epoch_s, 1),
-                     health_data="HealthReports" if cfg.reports else "one HealthSignal per message",
+                     health_data="HealthBatches" if cfg.reports else "one HealthSignal per message",
                      commands_per_outcome=round(commands / max(outcomes, 1), 3), samples=commands,
                      runs_without_commands=sum(1 for r in runs if not r["commands"]),
                      arrival_p50_ms=[round(r["arrival_p50"], 2) for r in runs],

@@ -159,7 +159,7 @@ class SignalSource:
                                          for m in self.models]
 
     def signals(self, count: int) -> list[Record]:
-        """``count`` HealthSignals, one message each (how hosts sent them before HealthReports)."""
+        """``count`` HealthSignals, one message each (how hosts sent them before HealthBatches)."""
         from schemas import encode
 
         out: list[Record] = []
@@ -169,19 +169,19 @@ class SignalSource:
                 out.extend((key, encode("HealthSignal", s)) for s in m.health_signals())
         return out[:count]
 
-    def reports(self, signals: int) -> tuple[list[Record], int]:
-        """HealthReports (one message per model and round, one signal per layer, as hosts send them)
-        carrying at least ``signals`` signals; returns them and the exact number of signals."""
-        from hosts.wire import health_report
+    def batches(self, signals: int, reports_per_batch: int) -> tuple[list[Record], int]:
+        """HealthBatches of ``reports_per_batch`` rounds each (one message per model and that many rounds,
+        as hosts send them) carrying at least ``signals`` signals; returns them and the exact number of signals."""
         from schemas import encode
+        from schemas.health_batch import health_batch
 
         out: list[Record] = []
         carried = 0
         while carried < signals:
             for m in self.models:
-                round_ = m.health_signals()
-                out.append((m.model_id.encode(), encode("HealthReport", health_report(m.model_id, m.run_id, round_))))
-                carried += len(round_)
+                rounds = [m.health_signals() for _ in range(reports_per_batch)]
+                out.append((m.model_id.encode(), encode("HealthBatch", health_batch(m.model_id, m.run_id, rounds))))
+                carried += sum(len(r) for r in rounds)
                 if carried >= signals:
                     break
         return out, carried

@@ -1,8 +1,9 @@
 """Ingest throughput: raw broker consumption, one Tamiyo worker, a naive Faust agent, two workers.
 
-Data: HealthReports of 1,000 simulated models (8–16 layers each, one report per model and round
-carrying a HealthSignal per layer, as hosts send them; ``SignalSource``), produced as a backlog onto
-a fresh health topic after the models' topologies. Rates are in signals per second.
+Data: HealthBatches of 1,000 simulated models (8–16 layers each; a report is one HealthSignal per
+layer, and hosts send an epoch's reports as one HealthBatch; here 4 reports per epoch, so ~48 signals
+per message; ``SignalSource``), produced as a backlog onto a fresh health topic after the models'
+topologies. Rates are in signals per second.
 
 * ``broker_consume_per_s``: aiokafka reading such a backlog, nothing else (the limit).
 * ``ingest_signals_per_s``: ``tamiyo worker`` processes (decode, validate, windowed graph table,
@@ -13,6 +14,8 @@ a fresh health topic after the models' topologies. Rates are in signals per seco
   table write and one awaited ``topic.send``); its output topic's offsets over a fixed window per run.
 * ``ingest_single_signals_per_s``: the worker fed one HealthSignal per message (hosts before
   HealthReports), which Faust's per-event cost bounds.
+* ``ingest_signals_per_s_1_report`` / ``_2_reports``: the worker fed HealthBatches of 1 or 2 reports
+  (about 12 or 24 signals per message): how the rate depends on the signals a message carries.
 * ``scaleout_two_workers_per_s``: as ingest, with two worker processes in one consumer group.
 * ``faust_delivery_ceiling_per_s``: a Faust agent that only counts events (``take_events``), i.e.
   what Faust's per-event delivery allows on this machine before any Tamiyo code runs.
@@ -36,7 +39,9 @@ WORKER_ENV = {"TAMIYO_POLICY": "heuristic"}
 @dataclass
 class IngestConfig:
     models: int = 1000
-    signals: int = 120_000  # per ingest run
+    signals: int = 480_000  # per ingest run
+    reports_per_message: int = 4  # reports per HealthBatch (one per model and epoch)
+    shape_signals: int = 120_000  # per run of the 1- and 2-report shapes
     naive_signals: int = 30_000  # backlog over all naive runs (each run gets a third)
     naive_window_s: float = 8.0
     ceiling_signals: int = 100_000
@@ -95,21 +100,23 @@ def bench_broker_consume(env: BenchEnv, results: Results, cfg: IngestConfig) -> 
 # --------------------------------------------------------------------------- workers
 
 
-def backlog(src: SignalSource, signals: int, reports: bool) -> tuple[list, int]:
-    """A fresh backlog of about ``signals`` signals: HealthReports (as hosts send them) or one
-    HealthSignal per message. Returns the messages and the signals they carry."""
+def backlog(src: SignalSource, signals: int, reports: int) -> tuple[list, int]:
+    """A fresh backlog of about ``signals`` signals: HealthBatches of ``reports`` reports (as hosts send
+    them) or, with 0, one HealthSignal per message. Returns the messages and the signals they carry."""
     if reports:
-        return src.reports(signals)
+        return src.batches(signals, reports)
     messages = src.signals(signals)
     return messages, len(messages)
 
 
 def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str,
-                 cpu_us: list[float] | None = None, reports: bool = True) -> list[float]:
+                 cpu_us: list[float] | None = None, reports: int | None = None,
+                 signals: int | None = None) -> list[float]:
     """Signals/s of ``workers`` worker processes, one fresh backlog per run (see the module docstring).
     ``cpu_us`` receives the workers' CPU microseconds per signal of each run. The experience topic
     counts messages; a run's message rate times its backlog's signals per message is its signal rate."""
     cpu_us = cpu_us if cpu_us is not None else []
+    reports = cfg.reports_per_message if reports is None else reports
     src = source_for(cfg.models)
     settings = env.settings(partitions=cfg.partitions)
     produce(settings, settings.topics.topology, src.topologies)
@@ -121,7 +128,7 @@ def worker_rates(env: BenchEnv, cfg: IngestConfig, workers: int, label: str,
         archived = 0
         expected = len(src.topologies)  # every valid message is archived, topologies included
         for run in range(cfg.runs):
-            messages, carried = backlog(src, cfg.signals, reports)
+            messages, carried = backlog(src, signals or cfg.signals, reports)
             per_message = carried / len(messages)
             archived = watch.sample()
             produce(settings, settings.topics.health, messages)
@@ -155,7 +162,8 @@ def bench_ingest(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
                     note="worker process CPU time per signal in the measured window (robust to other load)")
     results.add("ingest_signals_per_s", values, "signals/s", Target(">=", 20_000), per_run=[round(v) for v in values],
                 signals_per_run=cfg.signals, models=cfg.models, partitions=cfg.partitions, workers=1,
-                data="HealthReports (one message per model and round, 8-16 signals)",
+                data=f"HealthBatches of {cfg.reports_per_message} reports (one message per model and epoch, "
+                     "8-16 signals per report)",
                 measured="experience-topic end offsets, 10%..90% of each backlog, x signals per message")
     _ratio(results)
 
@@ -164,7 +172,8 @@ def bench_ingest_single(env: BenchEnv, results: Results, cfg: IngestConfig) -> N
     """The same worker fed one HealthSignal per message (hosts before HealthReports): bound by Faust's
     per-event cost (see faust_delivery_ceiling_per_s)."""
     cpu: list[float] = []
-    values = worker_rates(env, cfg, 1, "ingest single signals (1 worker)", cpu, reports=False)
+    values = worker_rates(env, cfg, 1, "ingest single signals (1 worker)", cpu, reports=0,
+                          signals=cfg.shape_signals)
     if cpu:
         results.add("ingest_single_worker_cpu_us_per_signal", cpu, "CPU-us/signal")
     results.add("ingest_single_signals_per_s", values, "signals/s", per_run=[round(v) for v in values],
@@ -172,8 +181,20 @@ def bench_ingest_single(env: BenchEnv, results: Results, cfg: IngestConfig) -> N
                 data="one HealthSignal per message")
 
 
+def bench_ingest_shapes(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
+    """The worker fed HealthBatches of 1 and 2 reports: fewer signals per message, more per-message cost."""
+    for reports, name in ((1, "ingest_signals_per_s_1_report"), (2, "ingest_signals_per_s_2_reports")):
+        cpu: list[float] = []
+        values = worker_rates(env, cfg, 1, f"ingest {reports} report(s) per message (1 worker)", cpu,
+                              reports=reports, signals=cfg.shape_signals)
+        results.add(name, values, "signals/s", per_run=[round(v) for v in values], signals_per_run=cfg.shape_signals,
+                    models=cfg.models, partitions=cfg.partitions, workers=1,
+                    data=f"HealthBatches of {reports} report(s), 8-16 signals per report",
+                    worker_cpu_us_per_signal=round(sorted(cpu)[len(cpu) // 2], 1) if cpu else None)
+
+
 def bench_scaleout(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
-    values = worker_rates(env, cfg, 2, "ingest (2 workers)")  # HealthReports, as for one worker
+    values = worker_rates(env, cfg, 2, "ingest (2 workers)")  # HealthBatches, as for one worker
     extra: dict[str, Any] = {}
     one = results.metrics.get("ingest_signals_per_s")
     if one:
@@ -187,7 +208,7 @@ def bench_scaleout(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
 
 def _app_rates(env: BenchEnv, cfg: IngestConfig, module: str, size: int, watch_of: Any, label: str,
                window_s: float | None, extra_env: dict[str, str] | None = None,
-               reports: bool = False) -> list[float]:
+               reports: int = 0) -> list[float]:
     """Runs of a Faust app module on fresh backlogs of ``size`` signals (HealthReports or one signal
     per message); ``watch_of(settings)`` samples its progress in what the app counts (signals for
     the naive app, messages for the ceiling)."""
@@ -240,10 +261,10 @@ def bench_naive(env: BenchEnv, results: Results, cfg: IngestConfig) -> None:
 
     # Each run: a fresh backlog, measured over naive_window_s seconds, then drained.
     values = _app_rates(env, cfg, "tamiyo.bench.naive_app", cfg.naive_signals // cfg.runs, sink_watch,
-                        "naive faust", window_s=cfg.naive_window_s, reports=True)
+                        "naive faust", window_s=cfg.naive_window_s, reports=cfg.reports_per_message)
     results.add("naive_faust_per_s", values, "signals/s", partitions=cfg.partitions, per_run=[round(v) for v in values],
                 agent="decode + per signal: table write + awaited topic.send",
-                data="the same HealthReports as ingest_signals_per_s")
+                data="the same HealthBatches as ingest_signals_per_s")
     _ratio(results)
 
 

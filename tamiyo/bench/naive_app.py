@@ -13,6 +13,7 @@ import sys
 import faust
 
 from schemas import DecodeError, decode, encode
+from schemas.health_batch import batch_signals
 from tamiyo.config import Settings
 
 OUT_SUFFIX = "naive-out"
@@ -54,8 +55,9 @@ def create_naive_app(settings: Settings) -> faust.App:
                 continue
             if decoded.name == "HealthSignal":
                 signals, values = [decoded.value], [value]
-            else:  # a HealthReport: the naive pattern handles its signals one by one
-                signals = decoded.value["signals"]
+            else:  # a HealthReport or HealthBatch: the naive pattern handles its signals one by one
+                signals = (batch_signals(decoded.value) if decoded.name == "HealthBatch"
+                           else decoded.value["signals"])
                 values = [encode("HealthSignal", s) for s in signals]
             for record, signal_bytes in zip(signals, values):
                 latest[record["model_id"]] = {"layer": record["layer_name"], "health": record["health_score"]}

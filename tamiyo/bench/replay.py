@@ -2,12 +2,12 @@
 
 The experience topic is filled with what a worker archives for a simulated fleet, made with the real
 decision code (``streams.decisions.prepare``/``decide`` over the heuristic policy with exploration):
-per model and epoch two HealthReports (a HealthSignal per layer each, as hosts send them), the
+per model and epoch a HealthBatch of two reports (a HealthSignal per layer each, as hosts send them), the
 EpochOutcome, the DecisionRecord, and for GERMINATE decisions the AdaptationCommand and the host's
 CommandOutcome; a ModelTopology per run.
 
 One measurement is what ``training.job.train`` does: ``training.replay.replay`` (read every record,
-decode those an episode is built from; HealthReports are skipped by their ``tamiyo.type`` header)
+decode those an episode is built from; HealthBatches are skipped by their ``tamiyo.type`` header)
 → ``group_episodes`` → ``transitions`` → ``TransitionDataset.from_transitions`` → every row collated
 into batches of 1024 (the tensors a learner consumes). The figure is experience records read per
 second over all of it (after one unreported warm-up pass); ``decoded_per_s`` beside it counts only
@@ -37,11 +37,11 @@ class ReplayConfig:
 
 def experience_records(models: int, epochs: int, epochs_per_run: int = 10, seed: int = 0) -> list[Archived]:
     """Encoded experience records in archive order (see the module docstring)."""
-    from models.heuristic import ThresholdHeuristic
     from models.decide import GateConfig
-    from hosts.wire import health_report
     from models.graph import update_layer_aggregate
+    from models.heuristic import ThresholdHeuristic
     from schemas import encode
+    from schemas.health_batch import health_batch
     from streams.decisions import decide, prepare
 
     sims = simulated_models(models, seed, epochs_per_run=epochs_per_run)
@@ -58,9 +58,9 @@ def experience_records(models: int, epochs: int, epochs_per_run: int = 10, seed:
                 topologies[m.model_id] = m.topology()
                 out.append((key, encode("ModelTopology", topologies[m.model_id]), "ModelTopology"))
             aggregates: dict[str, dict] = {}
-            for _round in range(2):
-                signals = m.health_signals()
-                out.append((key, encode("HealthReport", health_report(m.model_id, m.run_id, signals)), "HealthReport"))
+            rounds = [m.health_signals() for _round in range(2)]
+            out.append((key, encode("HealthBatch", health_batch(m.model_id, m.run_id, rounds)), "HealthBatch"))
+            for signals in rounds:
                 for signal in signals:
                     aggregates[signal["layer_name"]] = update_layer_aggregate(aggregates.get(signal["layer_name"]),
                                                                               signal)

@@ -1,8 +1,8 @@
 """``tamiyo bench``: run the benchmarks in one go and write results.json + results.md.
 
 Order: CPU-only benchmarks first (no broker running), then one broker for all Kafka benchmarks.
-``only`` picks benchmarks by group name (``policy``, ``replay``, ``broker``, ``ingest``, ``ingest_single``, ``naive``,
-``ceiling``, ``decision``, ``scaleout``, ``learning``) or by metric name.
+``only`` picks benchmarks by group name (``policy``, ``replay``, ``broker``, ``ingest``, ``ingest_single``,
+``ingest_shapes``, ``naive``, ``ceiling``, ``decision``, ``scaleout``, ``learning``) or by metric name.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "broker": ("broker_consume_per_s",),
     "ingest": ("ingest_signals_per_s", "ingest_worker_cpu_us_per_signal"),
     "ingest_single": ("ingest_single_signals_per_s", "ingest_single_worker_cpu_us_per_signal"),
+    "ingest_shapes": ("ingest_signals_per_s_1_report", "ingest_signals_per_s_2_reports"),
     "naive": ("naive_faust_per_s", "ingest_vs_naive_ratio"),
     "ceiling": ("faust_delivery_ceiling_per_s",),
     "decision": ("decision_latency_p50_ms", "decision_latency_p99_ms", "decision_latency_p50_ms_100",
@@ -71,7 +72,7 @@ class BenchConfig:
         from tamiyo.bench.policy import PolicyConfigBench
         from tamiyo.bench.replay import ReplayConfig
 
-        return cls(runs=3, ingest=IngestConfig(runs=3, models=50, signals=3000),
+        return cls(runs=3, ingest=IngestConfig(runs=3, models=50, signals=3000, shape_signals=3000),
                    policy=PolicyConfigBench(runs=3, single_calls=100, single_warmup=20, batch_sizes=(32, 64),
                                             graphs_per_run=256),
                    replay=ReplayConfig(runs=3, models=10, epochs=6))
@@ -226,6 +227,7 @@ def run_bench(out_path: str | Path, only: list[str] | None = None, config: Bench
                 "broker": lambda: ingest.bench_broker_consume(env, results, config.ingest),
                 "ingest": lambda: ingest.bench_ingest(env, results, config.ingest),
                 "ingest_single": lambda: ingest.bench_ingest_single(env, results, config.ingest),
+                "ingest_shapes": lambda: ingest.bench_ingest_shapes(env, results, config.ingest),
                 "naive": lambda: ingest.bench_naive(env, results, config.ingest),
                 "ceiling": lambda: ingest.bench_ceiling(env, results, config.ingest),
                 "decision": lambda: decision.bench_decision(env, results, config.decision),

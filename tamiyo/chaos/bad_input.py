@@ -169,6 +169,8 @@ class BadFactory:
         bad = rng.choice(values)
         if rng.random() < 0.5:
             field = rng.choice(["health_score", "activation_variance", "gradient_norm", "avg_correlation"])
+            if rng.random() < 0.5:
+                return t.health, self._bad_batch(sim, {field: bad})
             return t.health, encode("HealthSignal", dict(rng.choice(sim.health_signals()), **{field: bad}))
         field = rng.choice(["train_loss", "val_loss", "train_accuracy", "val_accuracy"])
         outcome = {"model_id": model_id, "run_id": sim.run_id, "epoch": 0, "timestamp_ms": 1, "train_loss": 0.5,
@@ -181,12 +183,25 @@ class BadFactory:
         signal = rng.choice(sim.health_signals())
         changes = [{"health_score": 1.5}, {"dead_neuron_ratio": -0.2}, {"avg_correlation": 3.0},
                    {"epoch": -1}, {"gradient_norm": -1.0}, {"active_seeds": signal["total_seeds"] + 1}]
+        if rng.random() < 0.35:
+            return t.health, self._bad_batch(sim, rng.choice(changes[:-1]))
         if rng.random() < 0.7:
             return t.health, encode("HealthSignal", dict(signal, **rng.choice(changes)))
         outcome = {"model_id": model_id, "run_id": sim.run_id, "epoch": 0, "timestamp_ms": 1, "train_loss": 0.5,
                    "val_loss": 0.6, "train_accuracy": 0.6, "val_accuracy": 0.5, "parameter_count": 1, "final": False}
         change = rng.choice([{"val_accuracy": 1.7}, {"train_loss": -0.1}, {"epoch": -3}, {"train_accuracy": -0.5}])
         return t.outcomes, encode("EpochOutcome", dict(outcome, **change))
+
+
+    def _bad_batch(self, sim: Any, change: dict[str, Any]) -> bytes:
+        """A HealthBatch of two rounds (as hosts send them) with one item of one column replaced."""
+        from schemas.health_batch import health_batch
+
+        batch = health_batch(sim.model_id, sim.run_id, [sim.health_signals(), sim.health_signals()])
+        (field, bad), = change.items()
+        column = batch[field]
+        column[self.rng.randrange(len(column))] = bad
+        return encode("HealthBatch", batch)
 
 
 def run(env: ChaosEnv, quick: bool = False, scale: Scale | None = None, seed: int = 0) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Scenario 6 — load: a fleet of many simulated models for minutes; bounded memory, no growing lag.
 
-A ``tamiyo fleet`` subprocess simulates ``models`` hosts (each: a topology per run, two rounds of
-HealthReports per epoch, an EpochOutcome, CommandOutcomes). One worker serves them. Sampled every
+A ``tamiyo fleet`` subprocess simulates ``models`` hosts (each: a topology per run, a HealthBatch of
+two reports per epoch, an EpochOutcome, CommandOutcomes). One worker serves them. Sampled every
 few seconds: the worker's RSS (psutil) and the consumer lag of its group ``<prefix>-worker`` (end
 offsets minus committed offsets over the four input topics). Reported: peak RSS and its trend, the
 lag's least-squares slope and per-third means, and the time to drain once the fleet stops.
