@@ -2,7 +2,8 @@
 
 ``batch_layer_aggregates(batch)[layer]`` equals (up to float rounding) folding the batch's signals of
 that layer one by one, report by report, with :func:`models.graph.update_layer_aggregate` starting
-from nothing; merge it into a stored aggregate with :func:`models.graph.merge_layer_aggregates`.
+from nothing; ``fold_batch(layers, batch)`` equals merging those into stored aggregates with
+:func:`models.graph.merge_layer_aggregates` (the worker's hot path: no per-layer dict in between).
 Values are sanitised as the one-by-one fold sanitises them.
 """
 
@@ -18,45 +19,81 @@ _FIELDS = ("health_score", "activation_variance", "dead_neuron_ratio", "avg_corr
 _LOW = np.array([0.0, 0.0, 0.0, -1.0, 0.0, 0.0])[:, None, None]
 _HIGH = np.array([1.0, 1e30, 1.0, 1.0, 1e30, 1e12])[:, None, None]
 _INTS = ("error_count", "active_seeds", "total_seeds")
-#: Fields whose stored value is the latest signal's.
-_LAST = ("activation_variance", "dead_neuron_ratio", "avg_correlation", "gradient_norm")
 
 
 def batch_layer_aggregates(batch: dict[str, Any]) -> dict[str, dict]:
     """The window aggregate of each layer's signals in a (validated) HealthBatch."""
+    layers: dict[str, dict] = {}
+    fold_batch(layers, batch)
+    return layers
+
+
+def fold_batch(layers: dict[str, dict], batch: dict[str, Any]) -> None:
+    """Fold a (validated) HealthBatch into ``layers`` (layer name -> aggregate; entries are replaced,
+    never modified): the same as ``merge_layer_aggregates(layers.get(name), batch_layer_aggregates(batch)[name])``
+    for each of its layers, written out so that the batch's aggregates are never built as dicts."""
     names = batch["layer_names"]
     width = len(names)
     ts = np.asarray(batch["timestamp_ms"], dtype=np.int64)
     reports = len(ts)
     floats = np.array([batch[name] for name in _FIELDS], dtype=np.float64).reshape(len(_FIELDS), reports, width)
-    np.nan_to_num(floats, copy=False, nan=0.0)
-    np.clip(floats, _LOW, _HIGH, out=floats)  # +-inf become the bounds
+    if not np.isfinite(floats).all():  # never for a validated batch
+        np.nan_to_num(floats, copy=False, nan=0.0)
+    np.maximum(floats, _LOW, out=floats)  # +-inf become the bounds
+    np.minimum(floats, _HIGH, out=floats)
     health, latency = floats[0], floats[5]
-    ints = np.maximum(np.array([batch[name] for name in _INTS], dtype=np.int64), 0).reshape(len(_INTS), reports, width)
+    ints = np.array([batch[name] for name in _INTS], dtype=np.int64).reshape(len(_INTS), reports, width)
+    np.maximum(ints, 0, out=ints)
     d = (ts - ts[0]) / 1000.0  # t of each report on the time origin of the first (as the fold sets it)
     first = int(np.argmin(ts))  # the earliest; ties: the first to arrive
     last = reports - 1 - int(np.argmax(ts[::-1]))  # the latest; ties: the last to arrive
-    columns = {
-        "health_sum": health.sum(axis=0), "health_min": health.min(axis=0), "health_max": health.max(axis=0),
-        "health_first": health[first], "health_last": health[last], "sum_th": d @ health,
-        "latency_sum_ms": latency.sum(axis=0), "error_sum": ints[0].sum(axis=0),
-        "active_seeds": ints[1, last], "total_seeds": ints[2, last],
-    }
-    lists = [(key, column.tolist()) for key, column in columns.items()]
-    lists += [(key, values) for key, values in zip(_LAST, floats[1:5, last].tolist())]
+    health_sum, health_min, health_max = health.sum(axis=0).tolist(), health.min(axis=0).tolist(), \
+        health.max(axis=0).tolist()
+    health_first, health_last, sum_th = health[first].tolist(), health[last].tolist(), (d @ health).tolist()
+    latency_sum, error_sum = latency.sum(axis=0).tolist(), ints[0].sum(axis=0).tolist()
+    last_values = list(zip(*floats[1:5, last].tolist(), ints[1, last].tolist(), ints[2, last].tolist()))
     seeds = ints[2].ravel()
     ends = np.cumsum(seeds).tolist()
     seeds = seeds.tolist()
     states = batch["seed_states"]
-    shared = {"count": reports, "first_timestamp_ms": int(ts[first]), "last_timestamp_ms": int(ts[last]),
-              "t0_ms": int(ts[0]), "sum_t": float(d.sum()), "sum_tt": float((d * d).sum()),
-              "epoch": int(batch["epoch"][last]), "step": int(batch["step"][last])}
-    out = {}
+    t0, first_ts, last_ts = int(ts[0]), int(ts[first]), int(ts[last])
+    sum_t, sum_tt = float(d.sum()), float((d * d).sum())
+    epoch, step = int(batch["epoch"][last]), int(batch["step"][last])
     for j, name in enumerate(names):
         i = last * width + j
-        agg = dict(shared)
-        for key, values in lists:
-            agg[key] = values[j]
-        agg["seed_states"] = [str(s) for s in states[ends[i] - seeds[i]:ends[i]]]
-        out[name] = agg
-    return out
+        variance, dead, correlation, gradient, active, total = last_values[j]
+        own_states = states[ends[i] - seeds[i]:ends[i]]  # a new list (enum symbols are str)
+        a = layers.get(name)
+        if a is None:
+            layers[name] = {
+                "count": reports, "health_sum": health_sum[j], "health_min": health_min[j],
+                "health_max": health_max[j], "health_first": health_first[j], "health_last": health_last[j],
+                "first_timestamp_ms": first_ts, "last_timestamp_ms": last_ts, "t0_ms": t0,
+                "sum_t": sum_t, "sum_tt": sum_tt, "sum_th": sum_th[j], "activation_variance": variance,
+                "dead_neuron_ratio": dead, "avg_correlation": correlation, "gradient_norm": gradient,
+                "latency_sum_ms": latency_sum[j], "error_sum": error_sum[j], "active_seeds": active,
+                "total_seeds": total, "seed_states": own_states, "epoch": epoch, "step": step,
+            }
+            continue
+        # merge_layer_aggregates(a, <this batch's aggregate of the layer>), term by term.
+        out = dict(a)
+        shift = (t0 - a["t0_ms"]) / 1000.0  # the batch's t onto a's origin
+        out["count"] = a["count"] + reports
+        out["health_sum"] = a["health_sum"] + health_sum[j]
+        out["health_min"] = min(a["health_min"], health_min[j])
+        out["health_max"] = max(a["health_max"], health_max[j])
+        out["sum_t"] = a["sum_t"] + sum_t + reports * shift
+        out["sum_tt"] = a["sum_tt"] + sum_tt + 2.0 * shift * sum_t + reports * shift * shift
+        out["sum_th"] = a["sum_th"] + sum_th[j] + shift * health_sum[j]
+        out["latency_sum_ms"] = a["latency_sum_ms"] + latency_sum[j]
+        out["error_sum"] = a["error_sum"] + error_sum[j]
+        if first_ts < a["first_timestamp_ms"]:
+            out["first_timestamp_ms"] = first_ts
+            out["health_first"] = health_first[j]
+        if last_ts >= a["last_timestamp_ms"]:
+            out.update(health_last=health_last[j], last_timestamp_ms=last_ts, activation_variance=variance,
+                       dead_neuron_ratio=dead, avg_correlation=correlation, gradient_norm=gradient,
+                       active_seeds=active, total_seeds=total, seed_states=own_states, epoch=epoch, step=step)
+        else:
+            out["seed_states"] = list(a.get("seed_states", []))
+        layers[name] = out

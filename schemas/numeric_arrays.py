@@ -100,7 +100,34 @@ class _Repeated:
         return end
 
 
-_Step = _Run | _Vector | _Repeated
+class _Enums:
+    """A top-level array<enum> field of at most 64 symbols. Each item is then a one-byte varint (twice
+    its symbol's index), so a one-block array is its bytes: read with numpy, not item by item (a
+    HealthBatch's ``seed_states`` holds every seed of every signal). Other layouts go to fastavro."""
+
+    def __init__(self, name: str, symbols: list[str], schema: Any) -> None:
+        self.name = name
+        self.symbols = np.array(symbols, dtype=object)
+        self.schema = schema  # a one-field record, for fastavro
+
+    def read(self, data: bytes, pos: int, buf: io.BytesIO, value: dict[str, Any]) -> int:
+        count, at = read_long(data, pos)
+        if count == 0:
+            value[self.name] = []
+            return at
+        end = at + count
+        if count > 0 and end < len(data) and data[end] == 0:
+            codes = np.frombuffer(data, np.uint8, count, at)
+            # All even and below 2 * symbols: one-byte varints of valid indices, so exactly ``count`` items.
+            if not (codes & 1).any() and int(codes.max()) < 2 * len(self.symbols):
+                value[self.name] = self.symbols[codes >> 1].tolist()
+                return end + 1
+        buf.seek(pos)
+        value[self.name] = fastavro.schemaless_reader(buf, self.schema, None)[self.name]
+        return buf.tell()
+
+
+_Step = _Run | _Vector | _Repeated | _Enums
 
 
 def decode_arrays(data: bytes | None, lookup: bool = True) -> Decoded:
@@ -258,6 +285,9 @@ def _steps_of(writer: _Schema) -> tuple[_Step, ...] | None:
         elif _repeats(field):
             close_run()
             steps.append(_Repeated(field["name"], record_of([field])))
+        elif _enum_symbols(field) is not None:
+            close_run()
+            steps.append(_Enums(field["name"], _enum_symbols(field), record_of([field])))
         else:
             run.append(field)
     close_run()
@@ -281,6 +311,17 @@ def _vector_of(field: dict) -> _Vector | None:
 def _repeats(field: dict) -> bool:
     kind = field["type"]
     return isinstance(kind, dict) and kind.get("type") == "array" and kind.get("items") in ("string", "int", "long")
+
+
+def _enum_symbols(field: dict) -> list[str] | None:
+    """The symbols of an array<enum> field with at most 64 of them (an inline enum), else None."""
+    kind = field["type"]
+    if not isinstance(kind, dict) or kind.get("type") != "array":
+        return None
+    items = kind["items"]
+    if isinstance(items, dict) and items.get("type") == "enum" and len(items["symbols"]) <= 64:
+        return list(items["symbols"])
+    return None
 
 
 def _converted(name: str, value: dict[str, Any]) -> dict[str, Any]:

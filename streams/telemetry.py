@@ -7,8 +7,8 @@ from typing import Any
 
 import faust
 
-from models.batch_aggregates import batch_layer_aggregates
-from models.graph import merge_layer_aggregates, update_layer_aggregate
+from models.batch_aggregates import fold_batch
+from models.graph import update_layer_aggregate
 from schemas.health_batch import batch_size
 from streams.archive import archive
 from streams.context import WorkerContext
@@ -245,8 +245,7 @@ def _fold_signals(ctx: WorkerContext, model_id: str, parts: list[dict]) -> None:
         if part["run_id"] != run_id:
             continue
         if "layer_names" in part:
-            for name, agg in batch_layer_aggregates(part).items():
-                layers[name] = merge_layer_aggregates(layers.get(name), agg)
+            fold_batch(layers, part)
             epoch = max(epoch, max(part["epoch"]))
         else:
             layers[part["layer_name"]] = update_layer_aggregate(layers.get(part["layer_name"]), part)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.batch_aggregates import batch_layer_aggregates
+from models.batch_aggregates import batch_layer_aggregates, fold_batch
 from models.graph import merge_layer_aggregates, update_layer_aggregate
 from schemas.health_batch import batch_signals, health_batch
 from tests.samples import SAMPLES
@@ -72,6 +72,19 @@ def test_merged_into_a_stored_window_it_equals_the_one_by_one_fold(seed: int) ->
     batch = health_batch("m-1", "run-1", reports)
     merged = {name: merge_layer_aggregates(stored.get(name), agg) for name, agg in batch_layer_aggregates(batch).items()}
     assert_same(merged, fold_one_by_one([s for report in reports for s in report], stored))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_fold_batch_into_a_stored_window_equals_the_one_by_one_fold(seed: int) -> None:
+    rng = np.random.default_rng(200 + seed)
+    stored = fold_one_by_one([s for report in random_reports(rng, 2, 5) for s in report])
+    del stored["layers.4"]  # a layer the window has not seen yet
+    before = {name: dict(agg) for name, agg in stored.items()}
+    reports = random_reports(rng, 3, 5, ts_ties=seed % 2 == 0)
+    layers = dict(stored)
+    fold_batch(layers, health_batch("m-1", "run-1", reports))
+    assert_same(layers, fold_one_by_one([s for report in reports for s in report], stored))
+    assert stored == before  # the stored aggregates were replaced, not modified
 
 
 def test_numpy_columns_give_plain_python_values() -> None:

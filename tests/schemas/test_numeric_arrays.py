@@ -185,3 +185,26 @@ def test_messages_of_an_older_version_are_resolved_then_converted(tmp_path: Path
     value = decode_arrays(old).value
     assert value["note"] is None
     _same({k: v for k, v in record.items()}, {k: v for k, v in value.items() if k != "note"})
+
+
+def test_enum_arrays_read_from_their_bytes_decode_as_decode_does() -> None:
+    """A HealthBatch's seed_states (one byte per seed) are read with numpy; empty, and every symbol."""
+    from schemas.codec import registry
+
+    symbols = next(f for f in json.loads(registry().current["HealthBatch"].text)["fields"]
+                   if f["name"] == "seed_states")["type"]["items"]["symbols"]
+    for states, seeds in ((symbols * 2, [3, 3, 3, 3]), ([], [0, 0, 0, 0])):
+        sample = dict(SAMPLES["HealthBatch"], seed_states=states, total_seeds=seeds, active_seeds=[0] * 4)
+        data = encode("HealthBatch", sample)
+        assert decode_arrays(data).value["seed_states"] == decode(data).value["seed_states"] == states
+
+
+def test_an_enum_index_out_of_range_is_a_decode_error() -> None:
+    data = bytearray(encode("HealthBatch", SAMPLES["HealthBatch"]))
+    states = len(SAMPLES["HealthBatch"]["seed_states"])
+    # The body ends with seed_states: its count, the items (2 * index each), then 0.
+    assert data[-1] == 0 and data[-2 - states] == 2 * states
+    data[-2] = 2 * 40  # index 40 of a 6-symbol enum
+    with pytest.raises(DecodeError) as err:
+        decode_arrays(bytes(data))
+    assert err.value.kind == "bad_body"
