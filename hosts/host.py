@@ -3,11 +3,11 @@
 Publishes (keyed by model id) a ModelTopology at start and after every applied command, a report
 (one HealthSignal per layer) every ``report_every_steps`` steps, and an EpochOutcome per epoch
 (``final=True`` on the last). Reports are sent as HealthBatch messages: each epoch's reports go out
-before its EpochOutcome, and earlier whenever ``reports_per_message`` of them are waiting. Reads AdaptationCommands from the partition its key hashes to,
-starting at the end offset captured before the first topology, applies each decision id at most
-once and answers with a CommandOutcome. After each epoch but the last it waits up to
-``decision_wait_s`` for a command about that epoch, so the controller can act before training
-goes on (0 disables the wait).
+before its EpochOutcome, and earlier whenever ``reports_per_message`` of them are waiting. Reads
+AdaptationCommands from the partition its key hashes to, starting at the end offset captured before
+the first topology, applies each decision id at most once and answers with a CommandOutcome. After
+each epoch but the last it waits up to ``decision_wait_s`` for a command about that epoch, so the
+controller can act before training goes on (0 disables the wait).
 """
 
 from __future__ import annotations

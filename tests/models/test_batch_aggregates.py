@@ -70,7 +70,8 @@ def test_merged_into_a_stored_window_it_equals_the_one_by_one_fold(seed: int) ->
     stored = fold_one_by_one(earlier)
     reports = random_reports(rng, 4, 4, ts_ties=seed % 2 == 1)
     batch = health_batch("m-1", "run-1", reports)
-    merged = {name: merge_layer_aggregates(stored.get(name), agg) for name, agg in batch_layer_aggregates(batch).items()}
+    merged = {name: merge_layer_aggregates(stored.get(name), agg)
+              for name, agg in batch_layer_aggregates(batch).items()}
     assert_same(merged, fold_one_by_one([s for report in reports for s in report], stored))
 
 
