@@ -13,12 +13,17 @@ from typing import Any
 
 import numpy as np
 
-#: The per-signal float fields, and the [lower, upper] bounds the one-by-one fold clips each to (NaN becomes 0).
-_FIELDS = ("health_score", "activation_variance", "dead_neuron_ratio", "avg_correlation", "gradient_norm",
-           "execution_latency_ms")
-_LOW = np.array([0.0, 0.0, 0.0, -1.0, 0.0, 0.0])[:, None, None]
-_HIGH = np.array([1.0, 1e30, 1.0, 1.0, 1e30, 1e12])[:, None, None]
-_INTS = ("error_count", "active_seeds", "total_seeds")
+from models.graph import SIGNAL_CLIP
+from schemas.health_batch import DOUBLE_FIELDS, INT_FIELDS
+
+#: SIGNAL_CLIP as bounds for the float columns, in DOUBLE_FIELDS order (NaN becomes 0 first).
+_LOW = np.array([SIGNAL_CLIP[name][0] for name in DOUBLE_FIELDS])[:, None, None]
+_HIGH = np.array([SIGNAL_CLIP[name][1] for name in DOUBLE_FIELDS])[:, None, None]
+_HEALTH, _LATENCY = DOUBLE_FIELDS.index("health_score"), DOUBLE_FIELDS.index("execution_latency_ms")
+#: Fields whose stored value is the latest signal's, as rows of the float and int columns.
+_LAST_FLOATS = [DOUBLE_FIELDS.index(name) for name in ("activation_variance", "dead_neuron_ratio",
+                                                         "avg_correlation", "gradient_norm")]
+_ERRORS, _ACTIVE, _TOTAL = (INT_FIELDS.index(name) for name in ("error_count", "active_seeds", "total_seeds"))
 
 
 def batch_layer_aggregates(batch: dict[str, Any]) -> dict[str, dict]:
@@ -36,13 +41,14 @@ def fold_batch(layers: dict[str, dict], batch: dict[str, Any]) -> None:
     width = len(names)
     ts = np.asarray(batch["timestamp_ms"], dtype=np.int64)
     reports = len(ts)
-    floats = np.array([batch[name] for name in _FIELDS], dtype=np.float64).reshape(len(_FIELDS), reports, width)
+    floats = np.array([batch[name] for name in DOUBLE_FIELDS], dtype=np.float64)
+    floats = floats.reshape(len(DOUBLE_FIELDS), reports, width)
     if not np.isfinite(floats).all():  # never for a validated batch
         np.nan_to_num(floats, copy=False, nan=0.0)
     np.maximum(floats, _LOW, out=floats)  # +-inf become the bounds
     np.minimum(floats, _HIGH, out=floats)
-    health, latency = floats[0], floats[5]
-    ints = np.array([batch[name] for name in _INTS], dtype=np.int64).reshape(len(_INTS), reports, width)
+    health, latency = floats[_HEALTH], floats[_LATENCY]
+    ints = np.array([batch[name] for name in INT_FIELDS], dtype=np.int64).reshape(len(INT_FIELDS), reports, width)
     np.maximum(ints, 0, out=ints)
     d = (ts - ts[0]) / 1000.0  # t of each report on the time origin of the first (as the fold sets it)
     first = int(np.argmin(ts))  # the earliest; ties: the first to arrive
@@ -50,9 +56,10 @@ def fold_batch(layers: dict[str, dict], batch: dict[str, Any]) -> None:
     health_sum, health_min, health_max = health.sum(axis=0).tolist(), health.min(axis=0).tolist(), \
         health.max(axis=0).tolist()
     health_first, health_last, sum_th = health[first].tolist(), health[last].tolist(), (d @ health).tolist()
-    latency_sum, error_sum = latency.sum(axis=0).tolist(), ints[0].sum(axis=0).tolist()
-    last_values = list(zip(*floats[1:5, last].tolist(), ints[1, last].tolist(), ints[2, last].tolist()))
-    seeds = ints[2].ravel()
+    latency_sum, error_sum = latency.sum(axis=0).tolist(), ints[_ERRORS].sum(axis=0).tolist()
+    last_values = list(zip(*floats[_LAST_FLOATS, last].tolist(), ints[_ACTIVE, last].tolist(),
+                           ints[_TOTAL, last].tolist()))
+    seeds = ints[_TOTAL].ravel()
     ends = np.cumsum(seeds).tolist()
     seeds = seeds.tolist()
     states = batch["seed_states"]

@@ -65,6 +65,18 @@ NEUTRAL_FEATURES: dict[str, float] = {
 DORMANT = "DORMANT"
 
 
+#: The [low, high] every HealthSignal float is clipped to when folded (NaN becomes 0): one table for the
+#: one-by-one fold here and the column fold of ``models.batch_aggregates``.
+SIGNAL_CLIP: dict[str, tuple[float, float]] = {
+    "health_score": (0.0, 1.0),
+    "activation_variance": (0.0, 1e30),
+    "dead_neuron_ratio": (0.0, 1.0),
+    "avg_correlation": (-1.0, 1.0),
+    "gradient_norm": (0.0, 1e30),
+    "execution_latency_ms": (0.0, 1e12),
+}
+
+
 def _finite(value: Any, default: float = 0.0, lo: float = -math.inf, hi: float = math.inf) -> float:
     """``float(value)`` clipped to [lo, hi]; NaN/None/non-numbers give ``default``, +-inf the bound."""
     try:
@@ -77,6 +89,11 @@ def _finite(value: Any, default: float = 0.0, lo: float = -math.inf, hi: float =
         bound = hi if v > 0 else lo
         return bound if math.isfinite(bound) else default
     return min(max(v, lo), hi)
+
+
+def _clipped(signal: dict, name: str) -> float:
+    """A signal's float field, finite and clipped to its SIGNAL_CLIP range."""
+    return _finite(signal.get(name), 0.0, *SIGNAL_CLIP[name])
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -108,7 +125,7 @@ def update_layer_aggregate(agg: dict | None, signal: dict) -> dict:
     if agg is None:
         return _single(signal)
     get = signal.get
-    h = _finite(get("health_score"), 0.0, 0.0, 1.0)
+    h = _clipped(signal, "health_score")
     ts = _int(get("timestamp_ms"))
     out = dict(agg)
     d = (ts - agg["t0_ms"]) / 1000.0  # this signal's t on the aggregate's time origin
@@ -121,7 +138,7 @@ def update_layer_aggregate(agg: dict | None, signal: dict) -> dict:
     out["sum_t"] = agg["sum_t"] + d
     out["sum_tt"] = agg["sum_tt"] + d * d
     out["sum_th"] = agg["sum_th"] + d * h
-    out["latency_sum_ms"] = agg["latency_sum_ms"] + _finite(get("execution_latency_ms"), 0.0, 0.0, 1e12)
+    out["latency_sum_ms"] = agg["latency_sum_ms"] + _clipped(signal, "execution_latency_ms")
     out["error_sum"] = agg["error_sum"] + max(_int(get("error_count")), 0)
     if ts < agg["first_timestamp_ms"]:
         out["first_timestamp_ms"] = ts
@@ -129,10 +146,10 @@ def update_layer_aggregate(agg: dict | None, signal: dict) -> dict:
     if ts >= agg["last_timestamp_ms"]:
         out["health_last"] = h
         out["last_timestamp_ms"] = ts
-        out["activation_variance"] = _finite(get("activation_variance"), 0.0, 0.0, 1e30)
-        out["dead_neuron_ratio"] = _finite(get("dead_neuron_ratio"), 0.0, 0.0, 1.0)
-        out["avg_correlation"] = _finite(get("avg_correlation"), 0.0, -1.0, 1.0)
-        out["gradient_norm"] = _finite(get("gradient_norm"), 0.0, 0.0, 1e30)
+        out["activation_variance"] = _clipped(signal, "activation_variance")
+        out["dead_neuron_ratio"] = _clipped(signal, "dead_neuron_ratio")
+        out["avg_correlation"] = _clipped(signal, "avg_correlation")
+        out["gradient_norm"] = _clipped(signal, "gradient_norm")
         out["active_seeds"] = max(_int(get("active_seeds")), 0)
         out["total_seeds"] = max(_int(get("total_seeds")), 0)
         out["seed_states"] = [str(x) for x in (get("seed_states") or [])]
@@ -145,7 +162,7 @@ def update_layer_aggregate(agg: dict | None, signal: dict) -> dict:
 
 def _single(signal: dict) -> dict:
     """The aggregate of exactly one signal."""
-    h = _finite(signal.get("health_score"), 0.0, 0.0, 1.0)
+    h = _clipped(signal, "health_score")
     ts = _int(signal.get("timestamp_ms"))
     states = [str(s) for s in (signal.get("seed_states") or [])]
     return {
@@ -162,11 +179,11 @@ def _single(signal: dict) -> dict:
         "sum_t": 0.0,
         "sum_tt": 0.0,
         "sum_th": 0.0,
-        "activation_variance": _finite(signal.get("activation_variance"), 0.0, 0.0, 1e30),
-        "dead_neuron_ratio": _finite(signal.get("dead_neuron_ratio"), 0.0, 0.0, 1.0),
-        "avg_correlation": _finite(signal.get("avg_correlation"), 0.0, -1.0, 1.0),
-        "gradient_norm": _finite(signal.get("gradient_norm"), 0.0, 0.0, 1e30),
-        "latency_sum_ms": _finite(signal.get("execution_latency_ms"), 0.0, 0.0, 1e12),
+        "activation_variance": _clipped(signal, "activation_variance"),
+        "dead_neuron_ratio": _clipped(signal, "dead_neuron_ratio"),
+        "avg_correlation": _clipped(signal, "avg_correlation"),
+        "gradient_norm": _clipped(signal, "gradient_norm"),
+        "latency_sum_ms": _clipped(signal, "execution_latency_ms"),
         "error_sum": max(_int(signal.get("error_count")), 0),
         "active_seeds": max(_int(signal.get("active_seeds")), 0),
         "total_seeds": max(_int(signal.get("total_seeds")), 0),

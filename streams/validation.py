@@ -40,15 +40,21 @@ def _non_empty(record: dict[str, Any], *names: str) -> None:
             raise ValidationError("validation", f"{name} is empty")
 
 
+#: A HealthSignal's float fields and their allowed [low, high]; each must also be finite. The one
+#: table of these rules, for a signal alone and for every signal of a HealthBatch.
+SIGNAL_FLOAT_RANGES = {"health_score": (0.0, 1.0), "activation_variance": (0.0, math.inf),
+                       "dead_neuron_ratio": (0.0, 1.0), "avg_correlation": (-1.0, 1.0),
+                       "gradient_norm": (0.0, math.inf), "execution_latency_ms": (0.0, math.inf)}
+_BOUNDED = tuple(name for name, (_, high) in SIGNAL_FLOAT_RANGES.items() if high != math.inf)
+_NON_NEGATIVE = tuple(name for name, (_, high) in SIGNAL_FLOAT_RANGES.items() if high == math.inf)
+
+
 def _health_signal(r: dict[str, Any]) -> None:
     _non_empty(r, "model_id", "run_id", "layer_name")
-    _finite(r, "health_score", "activation_variance", "dead_neuron_ratio", "avg_correlation",
-            "gradient_norm", "execution_latency_ms")
-    _within(r, "health_score", 0.0, 1.0)
-    _within(r, "dead_neuron_ratio", 0.0, 1.0)
-    _within(r, "avg_correlation", -1.0, 1.0)
-    _non_negative(r, "epoch", "step", "timestamp_ms", "activation_variance", "gradient_norm",
-                  "execution_latency_ms", "error_count", "active_seeds", "total_seeds")
+    _finite(r, *SIGNAL_FLOAT_RANGES)
+    for name in _BOUNDED:
+        _within(r, name, *SIGNAL_FLOAT_RANGES[name])
+    _non_negative(r, *REPORT_FIELDS, *_NON_NEGATIVE, *INT_FIELDS)
     if r["active_seeds"] > r["total_seeds"]:
         raise ValidationError("validation", f"active_seeds={r['active_seeds']} > total_seeds={r['total_seeds']}")
     if len(r["seed_states"]) != r["total_seeds"]:
@@ -67,12 +73,9 @@ def _health_report(r: dict[str, Any]) -> None:
             raise ValidationError("validation", f"signal {i} ({signal['layer_name']!r}): {exc.reason}") from None
 
 
-#: Per-signal float fields of a HealthBatch and their allowed [low, high] (no infinity allowed anywhere).
-_BATCH_FLOAT_BOUNDS = {"health_score": (0.0, 1.0), "activation_variance": (0.0, math.inf),
-                       "dead_neuron_ratio": (0.0, 1.0), "avg_correlation": (-1.0, 1.0),
-                       "gradient_norm": (0.0, math.inf), "execution_latency_ms": (0.0, math.inf)}
-_BATCH_LOW = np.array([low for low, _ in _BATCH_FLOAT_BOUNDS.values()])[:, None]
-_BATCH_HIGH = np.array([min(high, np.finfo(np.float64).max) for _, high in _BATCH_FLOAT_BOUNDS.values()])[:, None]
+#: SIGNAL_FLOAT_RANGES as columns for a whole batch (infinity fails: the highest finite float instead).
+_BATCH_LOW = np.array([low for low, _ in SIGNAL_FLOAT_RANGES.values()])[:, None]
+_BATCH_HIGH = np.array([min(high, np.finfo(np.float64).max) for _, high in SIGNAL_FLOAT_RANGES.values()])[:, None]
 
 
 def _health_batch(r: dict[str, Any]) -> None:
@@ -87,7 +90,7 @@ def _health_batch(r: dict[str, Any]) -> None:
         if len(r[name]) != expected:
             shape = f"{reports} reports" if name in REPORT_FIELDS else f"{reports} reports x {width} layers"
             raise ValidationError("validation", f"{name} has {len(r[name])} items, expected {expected} ({shape})")
-    floats = np.array([r[name] for name in _BATCH_FLOAT_BOUNDS], dtype=np.float64)
+    floats = np.array([r[name] for name in SIGNAL_FLOAT_RANGES], dtype=np.float64)
     per_report = np.array([r[name] for name in REPORT_FIELDS], dtype=np.int64)
     ints = np.array([r[name] for name in INT_FIELDS], dtype=np.int64)
     if ((floats >= _BATCH_LOW) & (floats <= _BATCH_HIGH)).all() and (per_report >= 0).all() and (ints >= 0).all():
@@ -105,9 +108,9 @@ def _health_batch(r: dict[str, Any]) -> None:
         if (column < 0).any():
             i = int(np.flatnonzero(column < 0)[0])
             raise ValidationError("validation", f"report {i}: {name}={column[i]} is negative")
-    named = list(zip(_BATCH_FLOAT_BOUNDS, floats)) + list(zip(INT_FIELDS, ints))
+    named = list(zip(SIGNAL_FLOAT_RANGES, floats)) + list(zip(INT_FIELDS, ints))
     for name, column in named:
-        low, high = _BATCH_FLOAT_BOUNDS.get(name, (0.0, math.inf))
+        low, high = SIGNAL_FLOAT_RANGES.get(name, (0.0, math.inf))
         bad = ~np.isfinite(column) | (column < low) | (column > high)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
