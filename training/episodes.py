@@ -38,8 +38,10 @@ class GraphState:
     legal: np.ndarray
 
     @classmethod
-    def from_decision(cls, record: dict[str, Any], edges: np.ndarray | None = None) -> "GraphState":
-        """The state a DecisionRecord logged; ``edges``: its edges as an array when the caller has them."""
+    def from_decision(cls, record: dict[str, Any], edges: np.ndarray | None = None,
+                      legal: np.ndarray | None = None) -> "GraphState":
+        """The state a DecisionRecord logged; ``edges`` and ``legal`` (see ``legal_masks``): the
+        record's, when the caller has them already."""
         features = record["node_features"]
         layers = len(record["layer_names"])
         if not (type(features) is np.ndarray and features.dtype == np.float32 and features.ndim == 2
@@ -47,14 +49,24 @@ class GraphState:
             features = np.asarray(features, dtype=np.float32).reshape(layers, -1)
         if edges is None:
             edges = edge_array(record)
-        # The logged distribution's support is the legal set as far as the record tells (with
-        # epsilon exploration it is exactly the legal set). WAIT is always legal, even when a
-        # deterministic policy gave it probability 0: the policy code refuses masks without it.
-        distribution = record["distribution"]
-        legal = (distribution if type(distribution) is np.ndarray else np.asarray(distribution, np.float64)) > 0.0
-        if legal.size:
-            legal[0] = True
+        if legal is None:
+            legal = legal_masks([record["distribution"]])[0]
         return cls(list(record["layer_names"]), features, edges, legal)
+
+
+def legal_masks(distributions: list[Any]) -> list[np.ndarray]:
+    """The legal action mask of each logged distribution, in one numpy pass (a comparison per small
+    array cost ~1 µs each). The distribution's support is the legal set as far as the record tells
+    (with epsilon exploration it is exactly the legal set). WAIT is always legal, even when a
+    deterministic policy gave it probability 0: the policy code refuses masks without it. The masks
+    are views of one array."""
+    arrays = [d if type(d) is np.ndarray else np.asarray(d, np.float64) for d in distributions]
+    sizes = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    flat = np.concatenate(arrays, axis=None) > 0.0 if arrays else np.zeros(0, dtype=bool)
+    flat[starts[sizes > 0]] = True
+    return [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
 
 
 def edge_array(record: dict[str, Any]) -> np.ndarray:
@@ -127,17 +139,31 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
 
 def transitions(episodes: dict[tuple[str, str], Episode], cfg: RewardConfig, data_end_ms: int) -> list[Transition]:
     """Every decision with a known (or imputed) reward, in episode order."""
-    out: list[Transition] = []
+    kept: list[tuple[Episode, dict, float, bool, bool]] = []
     for episode in episodes.values():
-        out.extend(_episode_transitions(episode, cfg, data_end_ms))
+        kept.extend(_rewarded(episode, cfg, data_end_ms))
+    states = _states([decision for _, decision, _, _, _ in kept])  # each is also the previous next_state
+    out = []
+    for i, (episode, decision, reward, imputed, ends) in enumerate(kept):
+        nxt = states[i + 1] if i + 1 < len(kept) and kept[i + 1][0] is episode else None
+        out.append(Transition(
+            state=states[i], action=decision["action_index"], propensity=decision["propensity"], reward=reward,
+            next_state=nxt,
+            done=nxt is None and ends,
+            behaviour=np.asarray(decision["distribution"], dtype=np.float64),
+            decision_id=decision["decision_id"], model_id=episode.model_id, epoch=decision["epoch"],
+            policy_version=decision["policy_version"], imputed=imputed, run_id=episode.run_id,
+        ))
     return out
 
 
-def _episode_transitions(episode: Episode, cfg: RewardConfig, data_end_ms: int) -> list[Transition]:
+def _rewarded(episode: Episode, cfg: RewardConfig, data_end_ms: int) -> list[tuple[Episode, dict, float, bool, bool]]:
+    """(episode, decision, reward, imputed, episode ends) for each of its decisions with a reward, in order."""
     decisions = sorted(episode.decisions.values(), key=lambda d: (d["epoch"], d["timestamp_ms"]))
     dead = episode.final_epoch is None and data_end_ms - episode.last_seen_ms > cfg.dead_after_s * 1000
+    ends = episode.final_epoch is not None or dead
     last_epoch = episode.final_epoch if episode.final_epoch is not None else max(episode.epochs, default=-1)
-    kept: list[tuple[dict, float, bool]] = []
+    kept: list[tuple[Episode, dict, float, bool, bool]] = []
     for decision in decisions:
         epoch = decision["epoch"]
         target = min(epoch + cfg.horizon, last_epoch) if episode.final_epoch is not None else epoch + cfg.horizon
@@ -146,25 +172,13 @@ def _episode_transitions(episode: Episode, cfg: RewardConfig, data_end_ms: int) 
             outcome = episode.command_outcomes.get(decision["decision_id"])
             delta = outcome["parameter_delta"] if outcome and outcome["status"] == "APPLIED" else 0
             reward = before["val_loss"] - after["val_loss"] - cfg.parameter_cost * delta
-            kept.append((decision, reward, False))
+            kept.append((episode, decision, reward, False, ends))
         elif episode.final_epoch is not None and epoch >= episode.final_epoch:
-            kept.append((decision, 0.0, False))  # decided on the last epoch: nothing follows
+            kept.append((episode, decision, 0.0, False, ends))  # decided on the last epoch: nothing follows
         elif dead:
-            kept.append((decision, cfg.default_reward, True))
+            kept.append((episode, decision, cfg.default_reward, True, ends))
         # else: the outcome is still in the future; leave the decision out
-    states = _states([decision for decision, _, _ in kept])  # each is also the previous next_state
-    result = []
-    for i, (decision, reward, imputed) in enumerate(kept):
-        nxt = states[i + 1] if i + 1 < len(kept) else None
-        result.append(Transition(
-            state=states[i], action=decision["action_index"], propensity=decision["propensity"], reward=reward,
-            next_state=nxt,
-            done=nxt is None and (episode.final_epoch is not None or dead),
-            behaviour=np.asarray(decision["distribution"], dtype=np.float64),
-            decision_id=decision["decision_id"], model_id=episode.model_id, epoch=decision["epoch"],
-            policy_version=decision["policy_version"], imputed=imputed, run_id=episode.run_id,
-        ))
-    return result
+    return kept
 
 
 def _states(decisions: list[dict[str, Any]]) -> list[GraphState]:
@@ -173,10 +187,10 @@ def _states(decisions: list[dict[str, Any]]) -> list[GraphState]:
     states = []
     last: tuple[list, list] | None = None
     edges = np.zeros((2, 0), dtype=np.int64)
-    for decision in decisions:
+    for decision, legal in zip(decisions, legal_masks([decision["distribution"] for decision in decisions])):
         lists = (decision["edge_source"], decision["edge_target"])
         if lists != last:
             last, edges = lists, edge_array(decision)
             edges.flags.writeable = False
-        states.append(GraphState.from_decision(decision, edges))
+        states.append(GraphState.from_decision(decision, edges, legal))
     return states

@@ -13,7 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
 from schemas import DecodeError
-from schemas.numeric_arrays import decode_arrays
+from schemas.codec import HEADER_SIZE, registry
+from schemas.numeric_arrays import decode_arrays, read_arrays
 from streams.archive import TYPE_HEADER
 from streams.kafka.clients import BULK_READER, make_consumer
 from streams.kafka.reader import all_watermarks, read_batches
@@ -93,8 +94,9 @@ def replay(
     """Decode every experience record in the window (only those of ``types`` when given).
 
     Times are also checked per record, because brokers answer time lookups coarsely (Tansu by write
-    time, not record time). With ``types``, a record whose ``tamiyo.type`` header names another type is
-    counted in ``DataWindow.skipped`` without being decoded; a record without the header is decoded.
+    time, not record time). With ``types``, a record of another type is counted in ``DataWindow.skipped``
+    without being decoded: its type is the schema its single-object header names, else what its
+    ``tamiyo.type`` header says; a record with neither is decoded to find out.
     """
     topic = settings.topics.experience
     with closing(make_consumer(settings, **BULK_READER)) as consumer:  # one connection for the lookups and the read
@@ -103,7 +105,11 @@ def replay(
         stop = end_offsets or offsets_for_time(settings, topic, end_ms, "end", consumer, marks)
         window = DataWindow(topic, dict(start), dict(stop), start_ms, end_ms)
         total = sum(max(0, stop.get(p, 0) - start.get(p, 0)) for p in stop)
-        wanted = {name.encode() for name in types} if types is not None else None
+        kinds = frozenset(types) if types is not None else None
+        wanted = {name.encode() for name in kinds or ()}
+        # A single-object value names its schema in its first bytes: cheaper to look up than the
+        # record's headers. Other values (Confluent-framed, unknown) are judged by the type header.
+        by_header = registry().by_header
         timed = start_ms is not None or end_ms is not None
         records: list[ExperienceRecord] = []
         with tqdm(total=total, unit="rec", desc="replay", disable=not progress, leave=False) as bar, gc_paused():
@@ -115,20 +121,24 @@ def replay(
                         ts = message.timestamp()[1]
                         if (start_ms is not None and ts < start_ms) or (end_ms is not None and ts >= end_ms):
                             continue
-                    if wanted is not None and not _wanted(message.headers(), wanted):
+                    data = message.value()
+                    known = by_header.get(data[:HEADER_SIZE]) if data is not None else None
+                    if kinds is not None and not (known.name in kinds if known is not None
+                                                  else _wanted(message.headers(), wanted)):
                         skipped += 1
                         continue
                     try:
-                        decoded = decode_arrays(message.value())
+                        name, value = ((known.name, read_arrays(known, data, HEADER_SIZE)) if known is not None
+                                       else decode_arrays(data))
                     except DecodeError as exc:
                         window.undecodable += 1
                         log.warning("undecodable experience record at %d/%d: %s", message.partition(), message.offset(),
                                     exc)
                         continue
-                    if types is not None and decoded.name not in types:
+                    if kinds is not None and name not in kinds:
                         skipped += 1
                         continue
-                    records.append(ExperienceRecord(decoded.name, decoded.value, message.partition(), message.offset(),
+                    records.append(ExperienceRecord(name, value, message.partition(), message.offset(),
                                                     message.timestamp()[1]))
             window.skipped = skipped
     window.records = len(records)

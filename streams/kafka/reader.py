@@ -11,7 +11,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from streams.kafka.clients import BULK_READER, make_consumer
 from tamiyo.config import Settings
 
-_BATCH = 10_000  # records per consume() call at most
+# Records per consume() call at most. Small batches let librdkafka fetch the next records while the
+# caller works on these: a replay from Kafka to tensors took ~15 ms less (of ~250) with 500 than
+# with 10,000, which waited for each large batch to fill (measured; 200 and 1,000 were no better).
+_BATCH = 500
 _POLL_S = 0.1  # longest wait in one consume() call; idle_timeout counts across calls
 
 

@@ -97,6 +97,25 @@ def test_corrupt_bodies_are_decode_errors() -> None:
     assert err.value.kind == "unknown_schema"
 
 
+def test_a_short_run_of_primitives_is_read_in_python_with_decode_values_and_errors() -> None:
+    from schemas.codec import registry
+
+    steps = numeric_arrays._plan(registry().current["DecisionRecord"])
+    short = [step for step in steps if isinstance(step, numeric_arrays._Primitives)]
+    assert [name for step in short for name, _ in step.fields] == ["value_estimate", "gate"]
+    gate = "cooldown-ü"
+    data = encode("DecisionRecord", _decision(3, 2) | {"value_estimate": -1.25, "gate": gate})
+    assert decode_arrays(data).value["gate"] == gate and decode_arrays(data).value["value_estimate"] == -1.25
+    at = data.index(_long(len(gate.encode())) + gate.encode())
+    past_the_end = data[:at] + _long(len(data)) + data[at + 1:]
+    not_utf8 = data[:at + 1] + b"\xff" + data[at + 2:]
+    for bad in (past_the_end, not_utf8):
+        for reader in (decode, decode_arrays):
+            with pytest.raises(DecodeError) as err:
+                reader(bad)
+            assert err.value.kind == "bad_body"
+
+
 def test_repeated_name_and_edge_arrays_are_remembered_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     long_name = "a_layer_name_longer_than_the_index_key"
     variants = [

@@ -85,7 +85,7 @@ def test_the_reward_join_over_finished_dead_and_live_runs() -> None:
     assert steps["done-d1"].reward == pytest.approx(0.9 - 0.6 - 1e-4 * 1000)
     assert steps["done-d2"].reward == pytest.approx(0.7 - 0.55)  # REJECTED: no parameter cost
     assert steps["done-d3"].reward == pytest.approx(0.6 - 0.55)  # horizon cut at the final epoch
-    assert steps["done-d4"].reward == 0.0 and steps["done-d4"].done
+    assert steps["done-d4"].reward == 0.0 and steps["done-d4"].done and steps["done-d4"].next_state is None
     assert not any(steps[f"done-d{e}"].imputed or steps[f"done-d{e}"].done for e in range(4))
     assert steps["done-d1"].action == 1 and steps["done-d1"].propensity == 0.25
     np.testing.assert_allclose(steps["done-d0"].next_state.node_features, [[0.35]], rtol=1e-6)
@@ -115,6 +115,18 @@ def test_wait_stays_legal_when_the_logged_policy_was_deterministic() -> None:
     (step,) = transitions(group_episodes(as_records(items)), RewardConfig(horizon=1), 10)
     assert step.state.legal.tolist() == [True, True, False]
     assert step.propensity == 1.0 and step.reward == pytest.approx(0.2)
+
+
+def test_legal_masks_of_many_distributions_are_their_supports_with_wait() -> None:
+    from training.episodes import legal_masks
+
+    dists = [np.array([0.0, 0.5, 0.0, 0.5]), [0.2, 0.0, 0.8], np.zeros(0), (1.0,), np.array([0.0, 0.0, 1.0])]
+    masks = legal_masks(dists)
+    assert [m.tolist() for m in masks] == [[True, True, False, True], [True, False, True], [], [True],
+                                           [True, False, True]]
+    assert all(m.dtype == bool for m in masks) and legal_masks([]) == []
+    masks[0][2] = True  # views of one array, each its own slice
+    assert masks[1].tolist() == [True, False, True]
 
 
 def test_records_of_other_types_are_ignored_and_outcomes_find_their_run() -> None:
@@ -178,11 +190,17 @@ def test_replay_by_type_skips_other_records_undecoded_and_keeps_the_episodes(top
         producer.produce(settings.topics.experience, key=b"m", value=b"garbage", timestamp=t0,
                          headers=[(TYPE_HEADER, b"HealthSignal")])
     producer.produce(settings.topics.experience, key=b"m", value=signal, timestamp=t0)  # no header: decoded
+    # A single-object value names its own schema: that decides, not a type header that says otherwise.
+    stray = SAMPLES["EpochOutcome"] | {"model_id": "stray", "run_id": "stray-run"}
+    producer.produce(settings.topics.experience, key=b"m", value=encode("EpochOutcome", stray), timestamp=t0,
+                     headers=[(TYPE_HEADER, b"HealthSignal")])
     assert producer.flush(30) == 0
 
     records, window = replay(settings, progress=False, types=EPISODE_TYPES)
     wanted = [(n, v) for n, v in items if n in EPISODE_TYPES]
-    assert {r.name for r in records} <= EPISODE_TYPES and window.records == len(records) == len(wanted)
+    assert {r.name for r in records} <= EPISODE_TYPES and window.records == len(records) == len(wanted) + 1
+    assert [r.value["run_id"] for r in records if r.value["model_id"] == "stray"] == ["stray-run"]
+    records = [r for r in records if r.value["model_id"] != "stray"]
     assert window.skipped == len(items) - len(wanted) + 6 and window.undecodable == 0
     assert window.as_dict()["skipped"] == window.skipped
     replayed = by_id(transitions(group_episodes(records), CFG, end))
