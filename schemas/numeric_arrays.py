@@ -199,6 +199,9 @@ def read_arrays(writer: _Schema, data: bytes, start: int) -> dict[str, Any]:
 
 def read_long(data: bytes, pos: int) -> tuple[int, int]:
     """An Avro long (zig-zag varint) at ``pos``; returns it and the position after it."""
+    byte = data[pos]
+    if byte < 0x80:  # one byte: lengths, counts and small ints mostly are
+        return (byte >> 1) ^ -(byte & 1), pos + 1
     shift = result = 0
     while True:
         byte = data[pos]

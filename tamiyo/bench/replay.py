@@ -31,7 +31,7 @@ class ReplayConfig:
     models: int = 200
     epochs: int = 30
     epochs_per_run: int = 10
-    runs: int = 3
+    runs: int = 5
     seed: int = 0
 
 

@@ -116,6 +116,18 @@ def test_a_short_run_of_primitives_is_read_in_python_with_decode_values_and_erro
             assert err.value.kind == "bad_body"
 
 
+def test_read_long_reads_one_and_many_byte_varints() -> None:
+    values = [0, -1, 1, 63, -64, 64, -65, 300, -(2**31), 2**40, 2**63 - 1, -(2**63)]
+    data = b"\x07" + b"".join(_long(v) for v in values)
+    pos, got = 1, []
+    for _ in values:
+        value, pos = numeric_arrays.read_long(data, pos)
+        got.append(value)
+    assert got == values and pos == len(data)
+    with pytest.raises(ValueError):
+        numeric_arrays.read_long(b"\xff" * 11, 0)
+
+
 def test_repeated_name_and_edge_arrays_are_remembered_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     long_name = "a_layer_name_longer_than_the_index_key"
     variants = [
