@@ -62,7 +62,8 @@ def look_up_all(client: RegistryClient, ids: ConfluentIds) -> int:
     return found
 
 
-def fetcher(client: RegistryClient, retry_s: float, sleep: Callable[[float], None] = time.sleep) -> Callable[[int], str]:
+def fetcher(client: RegistryClient, retry_s: float,
+            sleep: Callable[[float], None] = time.sleep) -> Callable[[int], str]:
     """``fetch(id)`` for ConfluentIds: retries transient failures for up to ``retry_s`` seconds.
 
     An id the registry does not know is ``unknown_schema_id`` (permanent); a registry that refuses

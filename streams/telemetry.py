@@ -150,8 +150,9 @@ async def expire_parked(ctx: WorkerContext, outbox: Outbox) -> list[Any]:
     expired = ctx.parked_signals.expired()
     for accepted in expired:
         model_id = accepted.record["model_id"]
+        run_id = accepted.record["run_id"]
         await _reject(ctx, outbox, Rejected(accepted.raw, "unknown_model",
-                                            f"no topology for model {model_id!r} run {accepted.record['run_id']!r} within "
+                                            f"no topology for model {model_id!r} run {run_id!r} within "
                                             f"{ctx.parked_signals.ttl_s:.0f}s"))
     return [accepted.raw.event for accepted in expired]
 

@@ -242,7 +242,8 @@ def render(status: dict[str, Any], show_models: int = 20, now_ms: int | None = N
     lines.append("")
     state = champ.get("state")
     if state == "ok":
-        lines.append(f"Champion: version {champ['version']} ({champ.get('serving_name', '')})  registry {champ['tracking_uri']}")
+        lines.append(f"Champion: version {champ['version']} ({champ.get('serving_name', '')})  "
+                     f"registry {champ['tracking_uri']}")
     elif state in ("none", "no registry"):
         lines.append(f"Champion: none ({state})  registry {champ.get('tracking_uri', '')}")
     else:
@@ -258,7 +259,8 @@ def render(status: dict[str, Any], show_models: int = 20, now_ms: int | None = N
         recent = sorted(decisions.values(), key=lambda r: r["timestamp_ms"], reverse=True)[:show_models]
         for r in recent:
             age = max(now_ms - r["timestamp_ms"], 0) / 1000.0
-            lines.append(f"  {r['model_id'][:23]:<24}{r['epoch']:>6}  {r['action']:<10}{(r.get('layer_name') or '-')[:13]:<14}"
+            lines.append(f"  {r['model_id'][:23]:<24}{r['epoch']:>6}  {r['action']:<10}"
+                         f"{(r.get('layer_name') or '-')[:13]:<14}"
                          f"{(r.get('kernel') or '-')[:10]:<11}{r['propensity']:>6.2f}  {r['policy_version'][:25]:<26}"
                          f"{_age(age):>8}")
     for what, error in (status.get("errors") or {}).items():

@@ -105,7 +105,8 @@ def rollout(policy: Any, version: str, models: int, runs: int, seed: int, gate: 
             emit("EpochOutcome", outcome)
             key = (sim.model_id, outcome["run_id"])
             if key not in episodes:
-                episodes[key] = EpisodeResult(sim.model_id, outcome["run_id"], outcome["val_loss"], outcome["val_loss"], 0)
+                episodes[key] = EpisodeResult(sim.model_id, outcome["run_id"], outcome["val_loss"],
+                                              outcome["val_loss"], 0)
             episodes[key].final_val_loss = outcome["val_loss"]
             item = prepare(outcome, st["topology"], st["windows"], st["gate"], gate)
             if item is not None:

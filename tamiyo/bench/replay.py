@@ -161,4 +161,5 @@ def bench_replay(env: BenchEnv, results: Results, cfg: ReplayConfig) -> None:
                 seconds={k: round(v, 3) for k, v in stages[mid].items() if k.endswith("_s")},
                 decode_only_per_s=round(decode_only_rate(records)), decoded_per_s=round(decoded[mid]),
                 per_cpu_second=round(cpu_rates[mid]),
-                path="replay(types=EPISODE_TYPES) from Kafka + group_episodes + transitions + TransitionDataset + collate(1024)")
+                path="replay(types=EPISODE_TYPES) from Kafka + group_episodes + transitions + TransitionDataset"
+                     " + collate(1024)")
