@@ -76,6 +76,7 @@ def _health_report(r: dict[str, Any]) -> None:
 #: SIGNAL_FLOAT_RANGES as columns for a whole batch (infinity fails: the highest finite float instead).
 _BATCH_LOW = np.array([low for low, _ in SIGNAL_FLOAT_RANGES.values()])[:, None]
 _BATCH_HIGH = np.array([min(high, np.finfo(np.float64).max) for _, high in SIGNAL_FLOAT_RANGES.values()])[:, None]
+_ACTIVE, _TOTAL = INT_FIELDS.index("active_seeds"), INT_FIELDS.index("total_seeds")
 
 
 def _health_batch(r: dict[str, Any]) -> None:
@@ -94,11 +95,12 @@ def _health_batch(r: dict[str, Any]) -> None:
     per_report = np.array([r[name] for name in REPORT_FIELDS], dtype=np.int64)
     ints = np.array([r[name] for name in INT_FIELDS], dtype=np.int64)
     if ((floats >= _BATCH_LOW) & (floats <= _BATCH_HIGH)).all() and (per_report >= 0).all() and (ints >= 0).all():
-        if (ints[1] > ints[2]).any():
-            i = int(np.flatnonzero(ints[1] > ints[2])[0])
+        over = ints[_ACTIVE] > ints[_TOTAL]
+        if over.any():
+            i = int(np.flatnonzero(over)[0])
             raise ValidationError("validation", f"report {i // width} layer {names[i % width]!r}: "
-                                                f"active_seeds={ints[1, i]} > total_seeds={ints[2, i]}")
-        seeds = int(ints[2].sum())
+                                                f"active_seeds={ints[_ACTIVE, i]} > total_seeds={ints[_TOTAL, i]}")
+        seeds = int(ints[_TOTAL].sum())
         if len(r["seed_states"]) != seeds:
             raise ValidationError("validation", f"{len(r['seed_states'])} seed_states for {seeds} seeds "
                                                 "(the sum of total_seeds)")
