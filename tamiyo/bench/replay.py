@@ -7,7 +7,8 @@ EpochOutcome, the DecisionRecord, and for GERMINATE decisions the AdaptationComm
 CommandOutcome; a ModelTopology per run.
 
 One measurement is what ``training.job.train`` does: ``training.replay.replay`` (read every record,
-decode those an episode is built from; HealthBatches are skipped by their ``tamiyo.type`` header)
+decode those an episode is built from; HealthBatches are skipped by the schema their value's
+single-object header names)
 → ``group_episodes`` → ``transitions`` → ``TransitionDataset.from_transitions`` → every row collated
 into batches of 1024 (the tensors a learner consumes). The figure is experience records read per
 second over all of it (after one unreported warm-up pass); ``decoded_per_s`` beside it counts only

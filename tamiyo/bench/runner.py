@@ -61,7 +61,7 @@ class BenchConfig:
 
         self.ingest = self.ingest or IngestConfig(runs=self.runs)
         self.policy = self.policy or PolicyConfigBench(runs=self.runs)
-        self.replay = self.replay or ReplayConfig(runs=max(self.runs, 5))  # a run is ~0.25 s: take more of them
+        self.replay = self.replay or ReplayConfig(runs=max(self.runs, ReplayConfig.runs))  # a run is ~0.25 s
         self.decision = self.decision or DecisionConfig(runs=self.runs)
         self.learning = self.learning or LearningConfig(runs=self.runs)
 
