@@ -21,7 +21,8 @@ import torch
 
 from models.actions import DEFAULT_KERNELS, legal_mask
 from models.graph import FEATURE_NAMES, FEATURE_SPEC_VERSION, ModelGraph
-from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
+from models.graph_batch import collate
+from models.policy import PolicyConfig, TamiyoPolicyGNN
 
 STATE_FILE = "state_dict.pt"
 CONFIG_FILE = "config.json"

@@ -25,7 +25,8 @@ import numpy as np
 
 from models.actions import DEFAULT_KERNELS, decode, legal_mask
 from models.graph import ModelGraph
-from models.policy import DistributionPolicy, collate
+from models.graph_batch import collate
+from models.policy import DistributionPolicy
 
 
 @dataclass
@@ -187,7 +188,7 @@ def decide_batch(
 
     gb = collate(graphs)
     probs, counts, values = policy.padded_distributions(gb, masks)
-    legal = gb.layout(k).padded_mask(masks).numpy()
+    legal = gb.layout(k).legal(masks)
     final, gated = gate_batch(probs, legal, cfg)
     index, propensity = sample_batch(final, rng)
 

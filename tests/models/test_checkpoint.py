@@ -19,7 +19,8 @@ from models.checkpoint import (
     save_policy,
 )
 from models.graph import FEATURE_NAMES, FEATURE_SPEC_VERSION, ModelGraph
-from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
+from models.graph_batch import collate
+from models.policy import PolicyConfig, TamiyoPolicyGNN
 
 
 class NotATensor:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
+from models.graph_batch import collate
+from models.policy import PolicyConfig, TamiyoPolicyGNN
 from training.dataset import (
     TransitionDataset,
     graph_of,

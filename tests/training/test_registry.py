@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from models.checkpoint import IncompatiblePolicyError, save_policy
-from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
+from models.graph_batch import collate
+from models.policy import PolicyConfig, TamiyoPolicyGNN
 from tamiyo.config import Settings
 from training.cli import cmd_promote, cmd_rollback
 from training.dataset import TransitionDataset, synthetic_transitions
