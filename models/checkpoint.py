@@ -21,8 +21,7 @@ import torch
 
 from models.actions import DEFAULT_KERNELS, legal_mask
 from models.graph import FEATURE_NAMES, FEATURE_SPEC_VERSION, ModelGraph
-from models.graph_batch import collate
-from models.policy import PolicyConfig, TamiyoPolicyGNN
+from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
 
 STATE_FILE = "state_dict.pt"
 CONFIG_FILE = "config.json"

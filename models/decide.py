@@ -25,8 +25,7 @@ import numpy as np
 
 from models.actions import DEFAULT_KERNELS, decode, legal_mask
 from models.graph import ModelGraph
-from models.graph_batch import collate
-from models.policy import DistributionPolicy
+from models.policy import DistributionPolicy, collate
 
 
 @dataclass
@@ -188,7 +187,7 @@ def decide_batch(
 
     gb = collate(graphs)
     probs, counts, values = policy.padded_distributions(gb, masks)
-    legal = gb.layout(k).legal(masks)
+    legal = gb.layout(k).padded_mask(masks).numpy()
     final, gated = gate_batch(probs, legal, cfg)
     index, propensity = sample_batch(final, rng)
 

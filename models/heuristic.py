@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from models.graph import FEATURE_INDEX
-from models.graph_batch import GraphBatch, split_padded
+from models.policy import GraphBatch, split_padded
 
 
 class ThresholdHeuristic:
@@ -50,7 +50,7 @@ class ThresholdHeuristic:
         """Chosen action index per graph, int64 [G] (0 = WAIT), and the legal mask bool [G, A_max]."""
         k = self._num_kernels
         lay = batch.layout(k)
-        legal = lay.legal(masks)
+        legal = lay.padded_mask(masks).numpy()
         g = batch.num_graphs
         choice = np.zeros(g, dtype=np.int64)
         if len(batch.batch_np) == 0:

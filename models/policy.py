@@ -6,13 +6,13 @@ Two equivalent paths:
 * ``forward(x, edge_index, batch, num_graphs)`` — the reference path through
   torch_geometric's ``GCNConv`` and global pooling.
 * ``forward_batch(batch)`` / ``distributions`` / ``log_probs`` — the fast path over a
-  :class:`~models.graph_batch.GraphBatch` from :func:`~models.graph_batch.collate`. Same
-  ``GCNConv`` parameters and maths, but the normalised adjacency D^-1/2 (A + I) D^-1/2 is built
-  once per batch in numpy and each layer applies it directly (a few shifted multiply-adds for
-  chain-like graphs, else one CSR ``sparse.mm``): no ``Batch.from_data_list``, no per-layer
-  ``gcn_norm``, no [E, H] message tensors. The tests check both paths agree.
+  :class:`GraphBatch` from :func:`collate`. Same ``GCNConv`` parameters and maths, but the
+  normalised adjacency D^-1/2 (A + I) D^-1/2 is built once per batch in numpy as a sparse
+  CSR matrix and each layer is one ``sparse.mm``: no ``Batch.from_data_list``, no per-layer
+  ``gcn_norm``, no [E, H] message tensors.
+  The tests check both paths agree.
 
-Edges are made undirected in ``collate``: a layer's health both depends on what feeds
+Edges are made undirected in :func:`collate`: a layer's health both depends on what feeds
 it and affects what it feeds, and GCNConv only aggregates along edge direction (source ->
 target), so a directed chain would let information flow one way only and leave the first
 layer with no neighbours.
@@ -20,7 +20,8 @@ layer with no neighbours.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -29,14 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, global_max_pool, global_mean_pool
 
-from models.graph import FEATURE_NAMES
-from models.graph_batch import ActionLayout, GraphBatch, split_padded
-
-#: Inference runs batches in chunks of about this many nodes, so activations ([nodes, 64]
-#: float32) stay in a 2 MB L2. Measured with 8-16 layer graphs, one thread, for chunks of 1,024
-#: to 6,144 nodes and none: 1,024 graphs ran at ~60k graphs/s unchunked and ~96-107k in chunks of
-#: 2,048 nodes; at 128-512 graphs 2,048 was as fast as any other size.
-INFERENCE_CHUNK_NODES = 2048
+from models.graph import FEATURE_NAMES, ModelGraph
 
 
 @dataclass
@@ -84,6 +78,167 @@ class PolicyLogProbs(NamedTuple):
     values: Tensor
 
 
+@dataclass
+class GraphBatch:
+    """Many ModelGraphs as one disjoint graph; nodes of graph g are rows ptr[g]:ptr[g+1].
+
+    x: float32 [N_total, F]; edge_index: int64 [2, E_total], undirected (each pair in both
+    directions, deduplicated, no self-loops); batch: int64 [N_total] graph id per node;
+    ptr: numpy int64 [G + 1]. ``x_np``/``batch_np`` are the numpy views of the same data.
+    adj: sparse CSR float32 [N_total, N_total], the GCN propagation matrix
+    D^-1/2 (A + I) D^-1/2 (row = target node), so one GCN layer is ``adj @ (x W) + b``.
+    """
+
+    x: Tensor
+    edge_index: Tensor
+    batch: Tensor
+    ptr: np.ndarray
+    x_np: np.ndarray
+    batch_np: np.ndarray
+    adj: Tensor
+    _layouts: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self.ptr) - 1
+
+    @property
+    def num_nodes(self) -> np.ndarray:
+        """int64 [G] nodes per graph."""
+        return np.diff(self.ptr)
+
+    def layout(self, num_kernels: int) -> "ActionLayout":
+        """Where each graph's actions sit in a padded [G, A_max] matrix (cached per K)."""
+        lay = self._layouts.get(num_kernels)
+        if lay is None:
+            lay = self._layouts[num_kernels] = ActionLayout.build(self.ptr, self.batch_np, num_kernels)
+        return lay
+
+
+@dataclass
+class ActionLayout:
+    """Index arrays (numpy int64) that scatter per-graph action vectors into a padded
+    [G, A_max] matrix. Kept in numpy so a layout cached under inference_mode is reusable
+    in autograd.
+
+    counts: [G] actions per graph; a_max: max(counts); wait_flat: [G] flat position of WAIT;
+    node_flat: [N_total * K] flat positions of node logits (row-major node_logits);
+    concat_flat: [sum(counts)] flat position of each entry of the concatenated per-graph vectors.
+    """
+
+    counts: np.ndarray
+    a_max: int
+    wait_flat: np.ndarray
+    node_flat: np.ndarray
+    concat_flat: np.ndarray
+
+    @classmethod
+    def build(cls, ptr: np.ndarray, batch_np: np.ndarray, k: int) -> "ActionLayout":
+        g = len(ptr) - 1
+        counts = 1 + np.diff(ptr) * k
+        a_max = int(counts.max()) if g else 1
+        rows = np.arange(g, dtype=np.int64)
+        local = np.arange(len(batch_np), dtype=np.int64) - ptr[batch_np]
+        node_flat = (batch_np * a_max + 1 + local * k)[:, None] + np.arange(k, dtype=np.int64)
+        starts = np.zeros(g + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        total = int(starts[-1])
+        concat_flat = np.arange(total, dtype=np.int64) + np.repeat(rows * a_max - starts[:-1], counts)
+        return cls(
+            counts=counts,
+            a_max=a_max,
+            wait_flat=rows * a_max,
+            node_flat=node_flat.reshape(-1),
+            concat_flat=concat_flat,
+        )
+
+    def padded_mask(self, masks: Sequence[np.ndarray]) -> Tensor:
+        """bool [G, A_max] from per-graph legal masks (padding is False)."""
+        g = len(self.counts)
+        if len(masks) != g:
+            raise ValueError(f"{len(masks)} masks for {g} graphs")
+        lengths = np.fromiter((len(m) for m in masks), dtype=np.int64, count=g)
+        if not np.array_equal(lengths, self.counts):
+            raise ValueError("mask lengths do not match 1 + N * K per graph")
+        flat = np.concatenate(masks).astype(bool, copy=False) if g else np.zeros(0, dtype=bool)
+        out = np.zeros(g * self.a_max, dtype=bool)
+        out[self.concat_flat] = flat
+        if g and not out[:: self.a_max].all():
+            raise ValueError("WAIT (index 0) must always be legal")
+        return torch.from_numpy(out.reshape(g, self.a_max))
+
+
+def collate(graphs: Sequence[ModelGraph]) -> GraphBatch:
+    """Concatenate graphs into one :class:`GraphBatch` with numpy (no torch_geometric Batch).
+
+    Node ids are offset per graph, edges are made undirected and deduplicated, and the GCN
+    normalisation (self-loops, symmetric degree scaling) is computed once here.
+    """
+    g = len(graphs)
+    counts = np.fromiter((gr.node_features.shape[0] for gr in graphs), dtype=np.int64, count=g)
+    ptr = np.zeros(g + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    n = int(ptr[-1])
+    f = graphs[0].node_features.shape[1] if g else len(FEATURE_NAMES)
+    x = np.concatenate([gr.node_features for gr in graphs]) if g else np.zeros((0, f))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    batch_np = np.repeat(np.arange(g, dtype=np.int64), counts)
+
+    e_counts = np.fromiter((gr.edge_index.shape[1] for gr in graphs), dtype=np.int64, count=g)
+    if g and e_counts.sum():
+        ei = np.concatenate([gr.edge_index for gr in graphs], axis=1).astype(np.int64, copy=False)
+        if ei.min() < 0 or (ei >= np.repeat(counts, e_counts)).any():
+            raise ValueError("edge_index refers to a node outside its graph")
+        ei = ei + np.repeat(ptr[:-1], e_counts)
+    else:
+        ei = np.zeros((2, 0), dtype=np.int64)
+    # One sort gives everything: keys row * n + col for both directions plus the diagonal
+    # (self-loops), unique (duplicates and input self-loops collapse) and row-major (CSR).
+    m = max(n, 1)
+    keys = np.sort(np.concatenate((ei[1] * m + ei[0], ei[0] * m + ei[1], np.arange(n, dtype=np.int64) * (m + 1))))
+    if len(keys) > 1:  # dedup by hand: np.unique's hash path is ~20x slower than sort here
+        keep = np.empty(len(keys), dtype=bool)
+        keep[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+        keys = keys[keep]
+    row, col = np.divmod(keys, m)
+    nnz_per_row = np.bincount(row, minlength=n)  # = degree incl. the self-loop, >= 1
+    dinv = nnz_per_row.astype(np.float32) ** -0.5
+    crow = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(nnz_per_row, out=crow[1:])
+    off_diag = row != col
+    return GraphBatch(
+        x=torch.from_numpy(x),
+        edge_index=torch.from_numpy(np.stack((col[off_diag], row[off_diag]))),
+        batch=torch.from_numpy(batch_np),
+        ptr=ptr,
+        x_np=x,
+        batch_np=batch_np,
+        adj=_csr(crow, col, dinv[row] * dinv[col], n),
+    )
+
+
+_CSR_WARNED = False
+
+
+def _csr(crow: np.ndarray, col: np.ndarray, values: np.ndarray, n: int) -> Tensor:
+    """Sparse CSR [n, n]; indices are valid by construction, so invariant checks are off.
+    Indices are int32 when they fit: torch's CPU ``sparse.mm`` then takes its MKL path (measured:
+    0.3 ms instead of 2.6 ms for 12k nodes x 64 features, one thread; same result and gradient).
+    The first call swallows torch's one-time "CSR support is in beta" warning."""
+    global _CSR_WARNED
+    index = np.int32 if len(col) < np.iinfo(np.int32).max else np.int64
+    args = (torch.from_numpy(crow.astype(index, copy=False)), torch.from_numpy(col.astype(index, copy=False)),
+            torch.from_numpy(values), (n, n))
+    if _CSR_WARNED:
+        return torch.sparse_csr_tensor(*args, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.sparse_csr_tensor(*args, check_invariants=False)
+    _CSR_WARNED = True
+    return out
+
+
 class DistributionPolicy(Protocol):
     """What the decision code needs from a policy (GNN or heuristic)."""
 
@@ -97,6 +252,11 @@ class DistributionPolicy(Protocol):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
     def distributions(self, batch: GraphBatch, masks: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]: ...
+
+
+def split_padded(probs: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """[G, A_max] -> list of per-graph 1-D arrays of length counts[g]."""
+    return [probs[i, :c] for i, c in enumerate(counts.tolist())]
 
 
 class TamiyoPolicyGNN(nn.Module):
@@ -133,23 +293,15 @@ class TamiyoPolicyGNN(nn.Module):
     # ------------------------------------------------------------------ forward passes
 
     def _heads(self, h: Tensor, pooled: Tensor, batch: Tensor) -> PolicyOutput:
-        # The three first layers that read the pooled graph embedding (WAIT, value, and the
-        # graph term of the node head, with the node head's bias) are one product; the node
-        # head then adds h @ W to that graph term gathered per node, in one addmm.
-        hd = self.config.hidden_dim
-        wait_in, value_in = self.wait_head[0], self.value_head[0]
-        graph = F.linear(pooled, torch.cat((wait_in.weight, value_in.weight, self.action_graph_in.weight)),
-                         torch.cat((wait_in.bias, value_in.bias, self.action_node_in.bias)))
-        hidden = F.relu(graph[:, : 2 * hd])
-        node_hidden = torch.addmm(graph[:, 2 * hd:].index_select(0, batch), h, self.action_node_in.weight.t())
+        node_hidden = F.relu(self.action_node_in(h) + self.action_graph_in(pooled)[batch])
         return PolicyOutput(
-            node_logits=self.action_out(node_hidden.relu_()),
-            wait_logits=self.wait_head[2](hidden[:, :hd]).squeeze(-1),
-            values=self.value_head[2](hidden[:, hd:]).squeeze(-1),
+            node_logits=self.action_out(node_hidden),
+            wait_logits=self.wait_head(pooled).squeeze(-1),
+            values=self.value_head(pooled).squeeze(-1),
         )
 
     def _encode(self, x: Tensor, dropout: bool) -> Tensor:
-        h = self.encoder_in(x).relu_()  # fresh output that addmm's backward does not need
+        h = F.relu(self.encoder_in(x))
         return self.encoder_out(F.dropout(h, p=self.config.dropout, training=dropout))
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> PolicyOutput:
@@ -171,10 +323,10 @@ class TamiyoPolicyGNN(nn.Module):
         g = gb.num_graphs
         h = self._encode(gb.x, active)
         for conv in self.gnn_layers:
-            agg = gb.propagation.apply(conv.lin(h), conv.bias).relu_()  # fresh tensor: in-place is autograd-safe
-            # Without autograd the residual reuses agg's memory: a fresh [N, H] tensor per op costs
-            # more than the add itself (allocation of ~1 MB blocks).
-            h = h + agg if torch.is_grad_enabled() else agg.add_(h)
+            agg = torch.sparse.mm(gb.adj, conv.lin(h))  # fresh tensor: in-place ops are autograd-safe
+            if conv.bias is not None:
+                agg.add_(conv.bias)
+            h = h + agg.relu_()
             h = F.dropout(h, p=self.config.dropout, training=active)
         hd = h.shape[1]
         counts = torch.from_numpy(np.maximum(np.diff(gb.ptr), 1).astype(np.float32))[:, None]
@@ -203,17 +355,11 @@ class TamiyoPolicyGNN(nn.Module):
         self, batch: GraphBatch, masks: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masked softmax. Returns (probs float64 [G, A_max] — 0 on illegal actions and
-        padding, each row sums to 1 —, num_actions int64 [G], values float64 [G]).
-
-        Batches of more than :data:`INFERENCE_CHUNK_NODES` nodes run in chunks of whole graphs
-        (graphs are independent), so activations stay in cache."""
-        lay = batch.layout(self.num_kernels)
-        legal = lay.legal(masks)
+        padding, each row sums to 1 —, num_actions int64 [G], values float64 [G])."""
         with torch.inference_mode():
-            outs = [self.forward_batch(chunk, dropout=False) for chunk in batch.chunks(INFERENCE_CHUNK_NODES)]
-            out = outs[0] if len(outs) == 1 else PolicyOutput(*(torch.cat(parts) for parts in zip(*outs)))
-        probs = lay.masked_softmax(out.wait_logits.numpy(), out.node_logits.numpy(), legal)
-        return probs, lay.counts, out.values.numpy().astype(np.float64)
+            logits, lay, values = self._masked_logits(batch, masks, dropout=False)
+            probs = torch.softmax(logits.double(), dim=1)
+        return probs.numpy(), lay.counts, values.double().numpy()
 
     def distributions(self, batch: GraphBatch, masks: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """Per-graph action probabilities (float64 [1 + N_g * K] each) and values [G].

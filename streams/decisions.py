@@ -14,7 +14,7 @@ from models.actions import legal_mask
 from models.decide import GateConfig, blocked_layers, gate_distribution, sample
 from models.graph import FEATURE_NAMES, ModelGraph, build_graph, merge_layer_aggregates
 from models.kernels import KERNELS
-from models.graph_batch import collate
+from models.policy import collate
 
 DECISION_NAMESPACE = uuid.UUID("6f1c7e0e-6d1b-4d8e-9a53-7a6d2f0b8c11")
 

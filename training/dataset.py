@@ -29,7 +29,7 @@ from torch import Tensor
 
 from models.actions import DEFAULT_KERNELS, encode
 from models.graph import FEATURE_INDEX, FEATURE_NAMES, ModelGraph
-from models.graph_batch import GraphBatch, collate
+from models.policy import GraphBatch, collate
 from training.episodes import GraphState, Transition
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import numpy as np
 
 from models.decide import GateConfig as ServingGate
 from models.decide import gate_batch
-from models.graph_batch import GraphBatch
+from models.policy import GraphBatch
 from training.dataset import TransitionDataset
 from training.ope import OPEReport, evaluate
 from training.qfit import FittedQ

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.graph_batch import GraphBatch
-from models.policy import PolicyOutput, TamiyoPolicyGNN
+from models.policy import GraphBatch, PolicyOutput, TamiyoPolicyGNN
 from training.dataset import TransitionDataset
 from training.learners.common import epochs, new_network, seed_everything, step
 

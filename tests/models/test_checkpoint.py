@@ -19,8 +19,7 @@ from models.checkpoint import (
     save_policy,
 )
 from models.graph import FEATURE_NAMES, FEATURE_SPEC_VERSION, ModelGraph
-from models.graph_batch import collate
-from models.policy import PolicyConfig, TamiyoPolicyGNN
+from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
 
 
 class NotATensor:

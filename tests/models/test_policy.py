@@ -1,4 +1,4 @@
-"""GNN policy, fast collate path and the threshold heuristic (models.policy, models.graph_batch, models.heuristic)."""
+"""GNN policy, fast collate path and the threshold heuristic (models.policy, models.heuristic)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from torch_geometric.data import Batch, Data
 from models.actions import encode, legal_mask, num_actions
 from models.graph import FEATURE_INDEX, FEATURE_NAMES, ModelGraph
 from models.heuristic import ThresholdHeuristic
-from models.graph_batch import collate
-from models.policy import PolicyConfig, TamiyoPolicyGNN
+from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
 
 K = 3
 
@@ -67,7 +66,7 @@ def test_collate_offsets_and_undirected_dedup() -> None:
     with pytest.raises(ValueError, match="outside"):
         collate([g1, bad])
     # GCN propagation matrix D^-1/2 (A + I) D^-1/2: node 1 has degree 3 (two neighbours + self)
-    adj = b.propagation.to_dense()
+    adj = b.adj.to_dense().numpy()
     a = np.zeros((5, 5))
     for s, d in pairs:
         a[d, s] = 1.0
@@ -75,60 +74,8 @@ def test_collate_offsets_and_undirected_dedup() -> None:
     dinv = a.sum(axis=1) ** -0.5
     np.testing.assert_allclose(adj, dinv[:, None] * a * dinv[None, :], rtol=1e-6)
     assert adj[1, 1] == pytest.approx(1 / 3) and adj[1, 0] == pytest.approx((2 * 3) ** -0.5)
-
-
-def _banded_and_csr() -> tuple[list[ModelGraph], list[ModelGraph]]:
-    """Chains with skips of length 2 (5 diagonals: applied as diagonals) and graphs with a long
-    skip (7 or more: applied as a CSR product)."""
-    rng = np.random.default_rng(3)
-    banded = [graph(n, rng, edges=[(i, i + 1) for i in range(n - 1)] + [(i, i + 2) for i in range(0, n - 2, 3)])
-              for n in (4, 9, 16, 1)]
-    spread = [graph(n, rng, edges=[(i, i + 1) for i in range(n - 1)] + [(0, n - 1), (1, 4)]) for n in (7, 12)]
-    return banded, spread
-
-
-def test_propagation_diagonals_and_csr_agree_with_dense() -> None:
-    banded, spread = _banded_and_csr()
-    z = torch.randn(sum(g.num_nodes for g in banded + spread), 8, dtype=torch.float32)
-    bias = torch.randn(8)
-    for graphs, diagonal in ((banded, True), (spread, False), (banded + spread, False)):
-        b = collate(graphs)
-        prop = b.propagation
-        assert (prop.csr is None) == diagonal and (prop.diagonals is not None) == diagonal
-        if diagonal:
-            assert prop.offsets[0] == 0 and sorted(prop.offsets) == [-2, -1, 0, 1, 2]
-        else:  # int32 indices: torch's CPU sparse.mm is several times slower with int64 ones.
-            assert prop.csr.crow_indices().dtype == prop.csr.col_indices().dtype == torch.int32
-        zz = z[: prop.n]
-        expected = torch.from_numpy(prop.to_dense()) @ zz
-        torch.testing.assert_close(prop.apply(zz), expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(prop.apply(zz, bias), expected + bias, atol=1e-5, rtol=1e-5)
-        # The gradient flows through the shifted multiply-adds as through the dense product.
-        zg = zz.clone().requires_grad_(True)
-        (prop.apply(zg, bias) ** 2).sum().backward()
-        zd = zz.clone().requires_grad_(True)
-        ((torch.from_numpy(prop.to_dense()) @ zd + bias) ** 2).sum().backward()
-        torch.testing.assert_close(zg.grad, zd.grad, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("max_nodes", [1, 10, 20, 1000])
-def test_chunks_are_whole_graphs_with_their_own_propagation(max_nodes) -> None:
-    banded, spread = _banded_and_csr()
-    graphs = banded + spread
-    b = collate(graphs)
-    chunks = list(b.chunks(max_nodes))
-    sizes = [c.num_graphs for c in chunks]
-    assert sum(sizes) == len(graphs) and (chunks == [b]) == (max_nodes >= int(b.ptr[-1]))
-    assert len(chunks) <= -(-int(b.ptr[-1]) // max_nodes)
-    first = 0
-    for c in chunks:
-        part = graphs[first:first + c.num_graphs]
-        assert int(c.ptr[-1]) < max_nodes + max(g.num_nodes for g in part)  # cut at the nearest graph boundary
-        alone = collate(part)
-        assert c.ptr.tolist() == alone.ptr.tolist() and c.batch.tolist() == alone.batch.tolist()
-        assert torch.equal(c.x, alone.x) and torch.equal(c.edge_index, alone.edge_index)
-        np.testing.assert_array_equal(c.propagation.to_dense(), alone.propagation.to_dense())
-        first += c.num_graphs
+    # int32 indices: torch's CPU sparse.mm is several times slower with int64 ones.
+    assert b.adj.crow_indices().dtype == b.adj.col_indices().dtype == torch.int32
 
 
 def test_output_shapes_and_fast_path_matches_gcnconv(policy, graphs) -> None:
@@ -143,19 +90,6 @@ def test_output_shapes_and_fast_path_matches_gcnconv(policy, graphs) -> None:
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
 
 
-def test_fused_heads_equal_the_head_modules(policy) -> None:
-    """``_heads`` computes three first layers in one product; it must equal the modules as declared."""
-    torch.manual_seed(2)
-    h, pooled = torch.randn(7, 64), torch.randn(3, 128)
-    batch = torch.tensor([0, 0, 1, 1, 1, 2, 2])
-    out = policy._heads(h, pooled, batch)
-    with torch.no_grad():
-        node = policy.action_out(torch.relu(policy.action_node_in(h) + policy.action_graph_in(pooled)[batch]))
-        torch.testing.assert_close(out.node_logits, node)
-        torch.testing.assert_close(out.wait_logits, policy.wait_head(pooled).squeeze(-1))
-        torch.testing.assert_close(out.values, policy.value_head(pooled).squeeze(-1))
-
-
 def test_fast_path_matches_torch_geometric_batch(policy, graphs) -> None:
     data = [Data(x=torch.from_numpy(g.node_features),
                  edge_index=torch.from_numpy(np.concatenate([g.edge_index, g.edge_index[::-1]], axis=1)))
@@ -166,30 +100,6 @@ def test_fast_path_matches_torch_geometric_batch(policy, graphs) -> None:
         fast = policy.forward_batch(collate(graphs))
     for a, c in zip(ref, fast):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
-
-
-def test_fast_path_matches_gcnconv_with_diagonal_and_csr_propagation(policy) -> None:
-    for graphs in _banded_and_csr():
-        b = collate(graphs)
-        with torch.no_grad():
-            ref = policy(b.x, b.edge_index, b.batch, b.num_graphs)
-            fast = policy.forward_batch(b)
-        for a, c in zip(ref, fast):
-            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
-
-
-def test_chunked_inference_equals_whole_batch(policy, graphs, monkeypatch) -> None:
-    import models.policy
-
-    masks = [legal_mask(g, K, {"layer2"}) for g in graphs]
-    b = collate(graphs)
-    whole, values = policy.padded_distributions(b, masks)[::2]
-    monkeypatch.setattr(models.policy, "INFERENCE_CHUNK_NODES", 13)
-    assert len(list(b.chunks(13))) > 2
-    chunked, chunked_values = policy.padded_distributions(b, masks)[::2]
-    assert chunked.shape == whole.shape
-    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(chunked_values, values, rtol=1e-5, atol=1e-6)
 
 
 def test_distributions_respect_masks_and_action_order(policy, graphs) -> None:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.graph_batch import collate
-from models.policy import PolicyConfig, TamiyoPolicyGNN
+from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
 from training.dataset import (
     TransitionDataset,
     graph_of,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_policy, save_policy
-from models.graph_batch import collate
+from models.policy import collate
 from training.dataset import (
     TransitionDataset,
     expert_actions,

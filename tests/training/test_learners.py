@@ -8,7 +8,7 @@ import torch
 
 from models.decide import GateConfig as ServingGate
 from models.heuristic import ThresholdHeuristic
-from models.graph_batch import collate
+from models.policy import collate
 from training.dataset import (
     TransitionDataset,
     expert_actions,

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from models.checkpoint import IncompatiblePolicyError, save_policy
-from models.graph_batch import collate
-from models.policy import PolicyConfig, TamiyoPolicyGNN
+from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
 from tamiyo.config import Settings
 from training.cli import cmd_promote, cmd_rollback
 from training.dataset import TransitionDataset, synthetic_transitions
