@@ -3,7 +3,8 @@
 Publishes (keyed by model id) a ModelTopology at start and after every applied command, a report
 (one HealthSignal per layer) every ``report_every_steps`` steps, and an EpochOutcome per epoch
 (``final=True`` on the last). Reports are sent as HealthBatch messages: each epoch's reports go out
-before its EpochOutcome, and earlier whenever ``reports_per_message`` of them are waiting. Reads
+before its EpochOutcome, and earlier whenever ``reports_per_message`` of them are waiting; the
+outcome names the step of the epoch's last report, so the controller decides on all of them. Reads
 AdaptationCommands from the partition its key hashes to, starting at the end offset captured before
 the first topology, applies each decision id at most once and answers with a CommandOutcome. After
 each epoch but the last it waits up to ``decision_wait_s`` for a command about that epoch, so the
@@ -75,6 +76,7 @@ class _Host:
         self.epoch = 0  # the epoch being trained
         self.reports_per_message = max(1, reports_per_message)
         self.pending: list[list[dict[str, Any]]] = []  # reports not sent yet
+        self.last_report_step: int | None = None  # of the epoch being trained
 
     def publish_topology(self) -> None:
         record = {"model_id": self.model_id, "run_id": self.run_id, "timestamp_ms": _now_ms(),
@@ -90,6 +92,7 @@ class _Host:
                     "step": step, "timestamp_ms": now, **layer.health()}
                    for name, layer in self.trainer.net.kasmina_layers.items()]
         self.pending.append(signals)
+        self.last_report_step = step
         self.stats.health_signals += len(signals)
         self.stats.health_reports += 1
         if len(self.pending) >= self.reports_per_message:
@@ -189,7 +192,7 @@ def run_host(
     try:
         host.publish_topology()
         for epoch in range(epochs):
-            host.epoch = epoch
+            host.epoch, host.last_report_step = epoch, None
             try:
                 result = trainer.train_epoch(after_step, timeout_s=epoch_timeout_s)
             except _Stopped:
@@ -200,7 +203,8 @@ def run_host(
             outcome = {"model_id": model_id, "run_id": host.run_id, "epoch": epoch, "timestamp_ms": _now_ms(),
                        "train_loss": result.train_loss, "val_loss": result.val_loss,
                        "train_accuracy": result.train_accuracy, "val_accuracy": result.val_accuracy,
-                       "parameter_count": trainer.parameter_count(), "final": final}
+                       "parameter_count": trainer.parameter_count(), "final": final,
+                       "last_report_step": host.last_report_step}
             host.publisher.send(settings.topics.outcomes, model_id, "EpochOutcome", outcome)
             host.publisher.poll()
             stats.epochs += 1

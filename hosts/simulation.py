@@ -124,6 +124,7 @@ class SimulatedModel:
         self.run_start_ms = 0
         self.epoch = 0  # the epoch being trained (= epochs completed in this run)
         self.step = 0
+        self.reported_step: int | None = None  # the step of this epoch's last health report
         self.val_loss = params.initial_loss
         self.layers: list[_Layer] = []
         self._by_name: dict[str, _Layer] = {}
@@ -233,6 +234,7 @@ class SimulatedModel:
         errors = (rng.random(n) < self.params.error_prob).astype(np.int64)
         score = health_scores(dead, var, corr, grad, errors)
         self.step += STEPS_PER_SIGNAL
+        self.reported_step = self.step
         now = self._now_ms()
         columns = zip(self._seed_view(), score.tolist(), var.tolist(), dead.tolist(), corr.tolist(), grad.tolist(),
                       np.exp(0.1 * noise[4]).tolist(), errors.tolist())
@@ -302,8 +304,10 @@ class SimulatedModel:
             "val_accuracy": math.exp(-self.val_loss),
             "parameter_count": self.parameter_count(),
             "final": final,
+            "last_report_step": self.reported_step,
         }
         self.epoch += 1
+        self.reported_step = None
         self._pending_run = final
         return outcome
 

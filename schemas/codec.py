@@ -76,7 +76,7 @@ def _schema_of(raw: dict) -> _Schema:
                    json.dumps(raw, separators=(",", ":")), full_name)
 
 
-def _release_order(path: Path) -> tuple[str, int]:
+def release_order(path: Path) -> tuple[str, int]:
     """``HealthSignal.v10.avsc`` sorts after ``HealthSignal.v9.avsc``."""
     match = _RELEASE.match(path.name)
     return (match.group("name"), int(match.group("version"))) if match else (path.stem, 0)
@@ -93,7 +93,7 @@ class SchemaRegistry:
             schema = self._load(path)
             self.current[schema.name] = schema
             self.by_fingerprint[schema.fingerprint] = schema
-        for path in sorted((directory / "releases").glob("*.avsc"), key=_release_order):
+        for path in sorted((directory / "releases").glob("*.avsc"), key=release_order):
             schema = self._load(path)
             schema = self.by_fingerprint.setdefault(schema.fingerprint, schema)
             self.releases.setdefault(schema.name, []).append(schema)

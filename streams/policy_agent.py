@@ -192,23 +192,28 @@ def _hold(event: Any, held: bool) -> None:
 
 
 def _signals_arrived(ctx: WorkerContext, outcome: dict) -> bool:
-    """True when the graph table holds the outcome's epoch for every layer that reports (has seeds).
+    """True when the graph table holds the outcome's last report for every layer that reports (has seeds).
 
-    A telemetry batch may end half-way through a model's round of signals; deciding then would see
-    the sick layer without data. The epoch's round may straddle a window boundary, so the window
-    before the outcome's is read too.
+    The last report is ``(epoch, last_report_step)``, or the epoch alone for an outcome without
+    ``last_report_step`` (EpochOutcome v1). A telemetry batch may end half-way through a model's
+    round of signals, and a host may send an epoch's reports in several messages; deciding then would
+    see the sick layer without data, or with part of the epoch. The epoch's reports may straddle a
+    window boundary, so the window before the outcome's is read too.
     """
-    model_id, run_id, epoch = outcome["model_id"], outcome["run_id"], outcome["epoch"]
+    model_id, run_id = outcome["model_id"], outcome["run_id"]
+    last_step = outcome.get("last_report_step")
+    wanted = (outcome["epoch"], -1 if last_step is None else last_step)
     now_s = outcome["timestamp_ms"] / 1000.0
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, int]] = {}
     for at in (now_s - ctx.settings.window_seconds, now_s):
         window = window_at(ctx, at)[model_id].value() or {}
         if window.get("run_id") == run_id:
             for name, aggregate in window.get("layers", {}).items():
-                seen[name] = max(seen.get(name, -1), int(aggregate.get("epoch", -1)))
+                reached = (int(aggregate.get("epoch", -1)), int(aggregate.get("step", -1)))
+                seen[name] = max(seen.get(name, (-1, -1)), reached)
     topology = ctx.topologies.get(model_id) or {}
     reporting = [layer["name"] for layer in topology.get("layers", ()) if layer.get("num_seeds", 0) > 0]
-    return bool(seen) and all(seen.get(name, -1) >= epoch for name in reporting or seen)
+    return bool(seen) and all(seen.get(name, (-1, -1)) >= wanted for name in reporting or seen)
 
 
 async def _send_decisions(ctx: WorkerContext, outbox: Outbox, due: dict[str, tuple[DueModel, Any]],

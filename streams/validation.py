@@ -143,6 +143,8 @@ def _epoch_outcome(r: dict[str, Any]) -> None:
     _non_negative(r, "epoch", "train_loss", "val_loss", "parameter_count")
     _within(r, "train_accuracy", 0.0, 1.0)
     _within(r, "val_accuracy", 0.0, 1.0)
+    if r.get("last_report_step") is not None:
+        _non_negative(r, "last_report_step")
 
 
 def _command_outcome(r: dict[str, Any]) -> None:

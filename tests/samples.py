@@ -43,7 +43,7 @@ SAMPLES: dict[str, dict] = {
     "EpochOutcome": {
         "model_id": "m-1", "run_id": "run-1", "epoch": 3, "timestamp_ms": 1_700_000_000_000,
         "train_loss": 0.7, "val_loss": 0.8, "train_accuracy": 0.75, "val_accuracy": 0.7,
-        "parameter_count": 2410, "final": False,
+        "parameter_count": 2410, "final": False, "last_report_step": None,
     },
     "CommandOutcome": {
         "decision_id": "d-1", "model_id": "m-1", "run_id": "run-1", "epoch": 3,

@@ -1,11 +1,12 @@
 """Scenario 2 — schema evolution: messages written with an older schema version still decode.
 
 A copy of ``schemas/avro`` is evolved: HealthSignal, EpochOutcome and ModelTopology gain an optional
-field ``note`` (``["null", "string"]``, default null), released as v2 next to the shipped v1. A worker
-runs with the evolved copy as its *current* schemas (``tamiyo.chaos.evolved_worker``), while half of
-the models keep writing v1 (the code in this repository, i.e. an old producer) and the other half
-write v2 (an upgraded producer). Checks: nothing is dead-lettered, everything is archived, both
-halves get decisions, and an archived v1 message read with the evolved reader has ``note = None``.
+field ``note`` (``["null", "string"]``, default null), released as the next version after the shipped
+ones. A worker runs with the evolved copy as its *current* schemas (``tamiyo.chaos.evolved_worker``),
+while half of the models keep writing the shipped version ("v1" in the report: the code in this
+repository, i.e. an old producer) and the other half write the evolved one ("v2": an upgraded
+producer). Checks: nothing is dead-lettered, everything is archived, both halves get decisions, and
+an archived old message read with the evolved reader has ``note = None``.
 
 The unit version of the same property is ``tests/schemas/test_codec.py::
 test_old_writer_version_resolves_against_current_reader``.
@@ -24,7 +25,7 @@ import fastavro
 import numpy as np
 
 from schemas import encode
-from schemas.codec import SCHEMA_DIR, SchemaRegistry
+from schemas.codec import SCHEMA_DIR, SchemaRegistry, release_order
 from tamiyo.chaos.harness import ChaosEnv, Observer, audit, produce_with_positions, progress, wait_until
 
 EVOLVED = ("HealthSignal", "EpochOutcome", "ModelTopology")
@@ -33,7 +34,8 @@ NEW_FIELD = {"name": "note", "type": ["null", "string"], "default": None,
 
 
 def evolve_schemas(directory: Path) -> SchemaRegistry:
-    """Copy the shipped schemas into ``directory`` and add ``note`` to the EVOLVED ones (as v2)."""
+    """Copy the shipped schemas into ``directory`` and add ``note`` to the EVOLVED ones, each released
+    as the version after its newest shipped one."""
     releases = directory / "releases"
     releases.mkdir(parents=True, exist_ok=True)
     for path in SCHEMA_DIR.glob("*.avsc"):
@@ -45,7 +47,8 @@ def evolve_schemas(directory: Path) -> SchemaRegistry:
         schema["fields"].append(NEW_FIELD)
         text = json.dumps(schema, indent=2)
         (directory / f"{name}.avsc").write_text(text)
-        (releases / f"{name}.v2.avsc").write_text(text)
+        newest = max(release_order(path)[1] for path in releases.glob(f"{name}.v*.avsc"))
+        (releases / f"{name}.v{newest + 1}.avsc").write_text(text)
     return SchemaRegistry(directory)
 
 

@@ -71,6 +71,10 @@ def test_host_trains_and_applies_a_germinate_command(topics_ready) -> None:
     batches = tail.of("HealthBatch", model_id=model_id)
     assert len(batches) == stats.health_messages and sum(len(b["epoch"]) for b in batches) == stats.health_reports
     assert all(1 <= len(b["epoch"]) <= 8 and len(set(b["epoch"])) == 1 for b in batches)
+    # Each outcome names its epoch's last report step: the controller decides once that is folded.
+    for e in epochs:
+        steps = [step for b in batches if b["epoch"][0] == e["epoch"] for step in b["step"]]
+        assert steps and e["last_report_step"] == max(steps)
     assert stats.health_messages < stats.health_reports  # batched, not one message per report
     assert any(s["seed_states"][0] == "GERMINATED" for s in signals if s["layer_name"] == "layers.1")
     assert tail.keys_ok and elapsed < 20

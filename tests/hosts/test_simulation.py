@@ -192,6 +192,14 @@ def test_runs_end_final_and_restart_with_a_new_run_id() -> None:
         assert decode_as(name, encode(name, record)) == record
 
 
+def test_an_outcome_names_its_epochs_last_report_step() -> None:
+    m = model(5)
+    reports = [m.health_signals() for _ in range(3)]
+    outcome = m.end_epoch()
+    assert outcome["last_report_step"] == reports[-1][0]["step"] == m.step > reports[0][0]["step"]
+    assert m.end_epoch()["last_report_step"] is None  # an epoch without reports names none
+
+
 def test_command_from_an_earlier_run_is_rejected() -> None:
     m = model(5, epochs_per_run=2)
     play_epoch(m)

@@ -1,4 +1,5 @@
-"""A real worker folds a HealthBatch (by columns) exactly as the same signals sent one by one."""
+"""A real worker folds a HealthBatch (by columns) exactly as the same signals sent one by one,
+and decides an epoch only once its last report (EpochOutcome.last_report_step) is folded."""
 
 from __future__ import annotations
 
@@ -44,14 +45,20 @@ def test_a_batch_and_the_same_signals_one_by_one_give_the_same_decision_input(to
     deadletter = TopicCollector(settings, topics.deadletter)
     produce_records(settings, topics.topology, "ModelTopology", [topology(m, LAYERS) for m in ("m-rows", "m-cols")])
     time.sleep(0.5)
-    rows = [signal for report in reports("m-rows", epoch=1) for signal in report]
-    produce_records(settings, topics.health, "HealthSignal", rows)
+    first, *rest = reports("m-rows", epoch=1)
+    produce_records(settings, topics.health, "HealthSignal", first)
     produce_records(settings, topics.health, "HealthBatch", [health_batch("m-cols", "run-1", reports("m-cols", 1))])
     # A batch with one bad item is dead-lettered whole, with the item named; nothing of it is folded.
     bad = health_batch("m-cols", "run-1", reports("m-cols", 1))
     bad["dead_neuron_ratio"][5] = 1.5
     produce_records(settings, topics.health, "HealthBatch", [bad])
-    produce_records(settings, topics.outcomes, "EpochOutcome", [outcome(m, 1) for m in ("m-rows", "m-cols")])
+    # The outcomes name step 140, the epoch's last report: m-rows has only step 100 folded when its
+    # outcome arrives, so the worker must wait for the rest (deciding now would see one report of three).
+    produce_records(settings, topics.outcomes, "EpochOutcome",
+                    [dict(outcome(m, 1), last_report_step=140) for m in ("m-rows", "m-cols")])
+    experience.wait_for(lambda ms: len(decisions_in(ms)) >= 1, timeout=90, alive=worker.alive)
+    time.sleep(1.0)  # the worker is running and has read both outcomes
+    produce_records(settings, topics.health, "HealthSignal", [signal for report in rest for signal in report])
 
     experience.wait_for(lambda ms: len(decisions_in(ms)) >= 2, timeout=90, alive=worker.alive)
     by_model = {d["model_id"]: d for d in decisions_in(experience.messages)}

@@ -65,6 +65,10 @@ def test_outcome_and_command_ranges() -> None:
         validate("EpochOutcome", dict(SAMPLES["EpochOutcome"], val_accuracy=2.0))
     with pytest.raises(ValidationError):
         validate("EpochOutcome", dict(SAMPLES["EpochOutcome"], val_loss=float("nan")))
+    with pytest.raises(ValidationError, match="last_report_step=-1 is negative"):
+        validate("EpochOutcome", dict(SAMPLES["EpochOutcome"], last_report_step=-1))
+    validate("EpochOutcome", dict(SAMPLES["EpochOutcome"], last_report_step=None))  # v1 hosts: no step
+    validate("EpochOutcome", dict(SAMPLES["EpochOutcome"], last_report_step=0))
     with pytest.raises(ValidationError):
         validate("AdaptationCommand", dict(SAMPLES["AdaptationCommand"], probability=1.2))
     validate("CommandOutcome", SAMPLES["CommandOutcome"])  # valid: no exception
