@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +69,14 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until Faust logs "Worker: Ready" (torch and PyG imports take a while on a cold machine)."""
+        deadline = time.monotonic() + timeout
+        while "[^Worker]: Ready" not in self.log():
+            assert self.alive(), f"the worker exited with code {self.process.returncode}:\n{self.log()[-3000:]}"
+            assert time.monotonic() < deadline, f"the worker was not ready after {timeout:.0f} s"
+            time.sleep(0.2)
 
 
 @pytest.fixture

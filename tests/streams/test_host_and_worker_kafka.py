@@ -23,6 +23,9 @@ def test_host_applies_commands_and_every_message_is_archived(topics_ready, start
     topics = settings.topics
     # Explore fully, so the untrained controller surely adapts something within a few epochs.
     worker = start_worker(TAMIYO_EPSILON="1.0", TAMIYO_COOLDOWN_EPOCHS="1")
+    # The host waits 20 s per epoch for a decision: a worker still importing torch after that would
+    # meet epochs 0 and 1 together and decide only the newer (measured once under load).
+    worker.wait_ready()
     result = {}
     host = threading.Thread(target=lambda: result.update(stats=run_host(
         settings, model_id="host-it", epochs=6, seed=3, decision_wait_s=20.0)))
