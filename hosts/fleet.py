@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hosts.pacing import WorkerLag, hold_back
 from hosts.simulation import SimulatedModel, SimulationParams
 from hosts.wire import CommandReader, Publisher
 from tamiyo.config import Settings
@@ -41,6 +42,7 @@ class FleetStats:
     messages_produced: int = 0
     delivery_failures: int = 0
     elapsed_s: float = 0.0
+    held_back_s: float = 0.0  # waiting for the workers to catch up (``max_worker_lag``)
 
     @property
     def messages_per_s(self) -> float:
@@ -80,8 +82,15 @@ class Fleet:
         epochs: int | None = None,
         epoch_interval_s: float = 1.0,
         stop_event: threading.Event | None = None,
+        max_worker_lag: int = 0,
+        max_hold_s: float = 5.0,
     ) -> FleetStats:
-        """Simulate until ``epochs`` epochs per model, ``duration_s`` seconds, or ``stop_event``."""
+        """Simulate until ``epochs`` epochs per model, ``duration_s`` seconds, or ``stop_event``.
+
+        ``max_worker_lag`` > 0: before each round of epochs, wait (answering commands, at most
+        ``max_hold_s``) while the workers have more than that many health and outcome messages
+        uncommitted (``hosts/pacing.py``). 0 sends at the set rate whatever the workers do.
+        """
         stop = stop_event or threading.Event()
         topics = self.settings.topics
         reader = CommandReader(self.settings)  # before the first topology: no command can be missed
@@ -91,9 +100,17 @@ class Fleet:
         deadline = started + duration_s if duration_s is not None else float("inf")
         next_epoch = started
         announced: dict[str, str] = {}  # model id -> run id of the last topology published
+        lag = WorkerLag(self.settings) if max_worker_lag > 0 else None
+
+        def idle(seconds: float) -> None:
+            self._handle_commands(reader, publisher, seconds)
+            publisher.poll()
+
         try:
             epoch = 0
             while not stop.is_set() and (epochs is None or epoch < epochs) and time.monotonic() < deadline:
+                if lag is not None:
+                    stats.held_back_s += hold_back(lag.messages, max_worker_lag, max_hold_s, idle)
                 for i, (model_id, model) in enumerate(self.models.items()):
                     if model.run_over or model.run_id != announced.get(model_id):  # a command may start a run
                         topology = model.topology()
@@ -125,6 +142,8 @@ class Fleet:
         finally:
             left = publisher.flush()
             reader.close()
+            if lag is not None:
+                lag.close()
             stats.messages_produced = publisher.sent - left
             stats.delivery_failures = publisher.failed + left
             stats.invalid_commands = reader.invalid
@@ -159,9 +178,11 @@ def run_fleet(
     stop_event: threading.Event | None = None,
     epochs_per_run: int = 20,
     signals_per_epoch: int = 2,
+    max_worker_lag: int = 0,
 ) -> FleetStats:
     """Build a Fleet and run it (see ``Fleet.run``); returns its counters."""
     fleet = Fleet(settings, models, seed=seed, epochs_per_run=epochs_per_run, signals_per_epoch=signals_per_epoch)
-    stats = fleet.run(duration_s=duration_s, epochs=epochs, epoch_interval_s=epoch_interval_s, stop_event=stop_event)
+    stats = fleet.run(duration_s=duration_s, epochs=epochs, epoch_interval_s=epoch_interval_s, stop_event=stop_event,
+                      max_worker_lag=max_worker_lag)
     log.info("fleet finished: %s", stats.as_dict())
     return stats

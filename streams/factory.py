@@ -35,7 +35,7 @@ def create_app(settings: Settings, policy: PolicyHolder | None = None) -> tuple[
     install_fetch_max_wait(settings.fetch_max_wait_ms)
     fetch_bytes = max(settings.max_message_bytes * 2, 1_048_576)
     app = faust.App(
-        f"{settings.topic_prefix}-worker",
+        settings.worker_group,
         broker=[f"kafka://{server}" for server in (settings.bootstrap_servers or "127.0.0.1:9092").split(",")],
         broker_credentials=broker_credentials(settings.security),
         store="memory://",

@@ -60,7 +60,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     from hosts.fleet import run_fleet
 
     stats = run_fleet(_settings(args), models=args.models, duration_s=args.duration, epochs=args.epochs,
-                      epoch_interval_s=args.epoch_interval, seed=args.seed)
+                      epoch_interval_s=args.epoch_interval, seed=args.seed, max_worker_lag=args.max_worker_lag)
     print(stats)
     return 0
 
@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per model to run")
     p.add_argument("--epoch-interval", type=float, default=1.0, help="seconds between a model's epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-worker-lag", type=int, default=0,
+                   help="hold back (up to 5 s per round) while the workers have more health and outcome "
+                        "messages than this uncommitted; 0: never")
     p = add("bench", cmd_bench, "run the benchmarks; writes results.json and results.md")
     p.add_argument("--out", default="bench/results.json")
     p.add_argument("--only", nargs="*", default=None, help="benchmark groups or metric names")

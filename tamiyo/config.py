@@ -266,6 +266,11 @@ class Settings:
         return Topics(self.topic_prefix)
 
     @property
+    def worker_group(self) -> str:
+        """The Faust workers' app id, which is also their consumer group."""
+        return f"{self.topic_prefix}-worker"
+
+    @property
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI, else a sqlite registry in the data folder."""
         if self.mlflow_tracking_uri:

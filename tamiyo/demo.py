@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from confluent_kafka import TopicPartition
 from tqdm import tqdm
@@ -135,10 +135,12 @@ def bad_messages(count: int, seed: int = 0) -> list[tuple[bytes | None, bytes]]:
     return [kinds[i % len(kinds)] for i in range(count)]
 
 
-def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def _spawn(args: list[str], env: dict[str, str], log_path: Path, nice: int = 0) -> subprocess.Popen:
+    """``tamiyo <args>`` in its own session; ``nice`` > 0 runs it at a lower CPU priority."""
     handle = open(log_path, "ab")
     return subprocess.Popen([sys.executable, "-m", "tamiyo.cli", *args], env=env, stdout=handle,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None)
 
 
 def _stop(process: subprocess.Popen, timeout: float = 20.0, sig: int = signal.SIGTERM) -> None:
@@ -190,15 +192,22 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         processes.append(worker)
         _wait_ready(worker, logs / "worker.log", options.worker_ready_timeout_s)
         hosts = [_spawn(["host", "--model-id", f"demo-host-{i}", "--epochs", str(options.host_epochs),
-                         "--seed", str(i)], env, logs / f"host-{i}.log") for i in range(options.hosts)]
+                         "--seed", str(i)], env, logs / f"host-{i}.log", nice=options.host_nice)
+                 for i in range(options.hosts)]
         processes += hosts
         fleet = _spawn(["fleet", "--models", str(options.fleet_models), "--duration", str(24 * 3600),
-                        "--epoch-interval", str(options.fleet_epoch_interval_s), "--seed", str(settings.seed)],
+                        "--epoch-interval", str(options.fleet_epoch_interval_s), "--seed", str(settings.seed),
+                        "--max-worker-lag", str(options.fleet_max_lag_rounds * options.fleet_models * 2)],
                        env, logs / "fleet.log")
         processes.append(fleet)
         _inject(settings, options.bad_messages)
         collect_s = options.duration_s / 2 if options.learning else options.duration_s
         _progress(tally, collect_s, processes, "collect" if options.learning else "demo")
+        if options.learning and tally.summary()["decisions"] < options.collect_min_decisions:
+            # A slow machine decides less in the same time; the learner needs enough of them.
+            _progress(tally, max(options.collect_max_s - collect_s, 0.0), processes,
+                      f"collect until {options.collect_min_decisions} decisions",
+                      done=lambda s: s["decisions"] >= options.collect_min_decisions)
         if options.learning:
             learning = _learn_and_swap(settings, options, tally, processes)
             _progress(tally, options.duration_s - collect_s, processes, "learned")
@@ -312,7 +321,9 @@ def _inject(settings: Settings, count: int) -> None:
     producer.flush(10)
 
 
-def _progress(tally: Tally, duration_s: float, processes: list[subprocess.Popen], phase: str) -> None:
+def _progress(tally: Tally, duration_s: float, processes: list[subprocess.Popen], phase: str,
+              done: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    """Show the tally for ``duration_s`` seconds, or until ``done(tally summary)`` or the worker exits."""
     started = time.monotonic()
     with tqdm(total=int(duration_s), unit="s", desc=phase, dynamic_ncols=True) as bar:
         while (elapsed := time.monotonic() - started) < duration_s:
@@ -322,6 +333,8 @@ def _progress(tally: Tally, duration_s: float, processes: list[subprocess.Popen]
             bar.set_postfix(models=s["models"], signals=s["health_signals"], decisions=s["decisions"],
                             applied=s["commands_applied"], dlq=s["dead_letters"], refresh=False)
             bar.refresh()
+            if done is not None and done(s):
+                return
             if processes[0].poll() is not None:
                 print(f"worker exited with code {processes[0].returncode}")
                 return

@@ -35,7 +35,7 @@ class StatusOptions:
 
 
 def worker_group(settings: Settings) -> str:
-    return f"{settings.topic_prefix}-worker"
+    return settings.worker_group
 
 
 def topic_offsets(settings: Settings, timeout: float = 10.0) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tamiyo.config import Settings
-from tamiyo.demo import DemoOptions, bad_messages, run_demo
+from tamiyo.demo import DemoOptions, _progress, bad_messages, run_demo
 
 SUMMARY_KEYS = {"models", "health_signals", "health_messages", "decisions", "commands_sent", "commands_applied",
                 "experience_records", "dead_letters"}
@@ -30,8 +30,10 @@ def check_summary(summary: dict, path: Path, bad: int) -> None:
 @pytest.mark.slow
 def test_demo_on_kafka_applies_commands_and_archives_everything(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "summary.json"
+    # Collection: 20 s, then on until 300 decisions, for at most 40 s in all.
     options = DemoOptions(duration_s=40, hosts=1, host_epochs=4, fleet_models=10, bad_messages=5,
-                          summary_path=str(path), drain_timeout_s=20, train_epochs=5)
+                          summary_path=str(path), drain_timeout_s=20, train_epochs=5,
+                          collect_min_decisions=300, collect_max_s=40)
     summary = run_demo(settings, options)
     check_summary(summary, path, bad=5)
     # The learning phase ran: one challenger registered, judged by the gate, swapped in if promoted.
@@ -70,3 +72,24 @@ def test_an_unknown_learner_is_refused_before_anything_starts(tmp_path: Path) ->
     with pytest.raises(ValueError, match="learner must be one of"):
         run_demo(settings, DemoOptions(learner="nope"))
     assert not (tmp_path / "demo").exists()  # no broker, no processes, no files
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def summary(self) -> dict:
+        self.calls += 1
+        return {"models": 1, "health_signals": 0, "decisions": 100 * self.calls, "commands_applied": 0,
+                "dead_letters": 0}
+
+
+class _Running:
+    def poll(self) -> None:
+        return None
+
+
+def test_collection_ends_early_once_enough_decisions_were_made() -> None:
+    tally = _Tally()
+    _progress(tally, 30.0, [_Running()], "collect", done=lambda s: s["decisions"] >= 200)
+    assert tally.calls == 2  # about 2 s, not 30
