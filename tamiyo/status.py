@@ -34,10 +34,6 @@ class StatusOptions:
     show_models: int = 20
 
 
-def worker_group(settings: Settings) -> str:
-    return settings.worker_group
-
-
 def topic_offsets(settings: Settings, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
     """{topic: {"partitions": n, "end_offsets": {p: end}, "records": sum(end - start)}}; missing topics:
     {"missing": True}."""
@@ -74,7 +70,7 @@ def group_lag(settings: Settings, offsets: dict[str, dict[str, Any]], timeout: f
     from streams.kafka.clients import make_consumer
     from streams.kafka.reader import watermarks
 
-    group = worker_group(settings)
+    group = settings.worker_group
     topics = settings.topics
     inputs = [getattr(topics, name) for name in INPUT_TOPICS]
     tps = [TopicPartition(t, p) for t in inputs if not offsets.get(t, {}).get("missing")

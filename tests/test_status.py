@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition
 from schemas import encode
 from streams.archive import TYPE_HEADER
 from streams.kafka.clients import make_consumer, make_producer
-from tamiyo.status import StatusOptions, champion, collect_status, render, run_status, worker_group
+from tamiyo.status import StatusOptions, champion, collect_status, render, run_status
 from tests.samples import SAMPLES
 
 
@@ -42,7 +42,7 @@ def test_status_reports_topics_lag_champion_and_latest_decisions(topics_ready) -
     probe = make_consumer(settings)
     ends = {p: probe.get_watermark_offsets(TopicPartition(topics.health, p), timeout=10)[1] for p in (0, 1)}
     probe.close()
-    group = make_consumer(settings, group_id=worker_group(settings), **{"enable.auto.commit": False})
+    group = make_consumer(settings, group_id=settings.worker_group, **{"enable.auto.commit": False})
     committed = {0: max(ends[0] - 2, 0), 1: ends[1]}
     group.commit(offsets=[TopicPartition(topics.health, p, o) for p, o in committed.items()], asynchronous=False)
     group.close()
