@@ -7,9 +7,10 @@ Two equivalent paths:
   torch_geometric's ``GCNConv`` and global pooling.
 * ``forward_batch(batch)`` / ``distributions`` / ``log_probs`` — the fast path over a
   :class:`GraphBatch` from :func:`collate`. Same ``GCNConv`` parameters and maths, but the
-  normalised adjacency D^-1/2 (A + I) D^-1/2 is built once per batch in numpy as a sparse
-  CSR matrix and each layer is one ``sparse.mm``: no ``Batch.from_data_list``, no per-layer
-  ``gcn_norm``, no [E, H] message tensors.
+  normalised adjacency D^-1/2 (A + I) D^-1/2 is built once per batch in numpy and each layer
+  is one matrix product: no ``Batch.from_data_list``, no per-layer ``gcn_norm``, no [E, H]
+  message tensors. Batches of up to ``DENSE_MAX_NODES`` nodes (a decision for a few models)
+  get a dense matrix, larger ones a sparse CSR one; inference masks and normalises in numpy.
   The tests check both paths agree.
 
 Edges are made undirected in :func:`collate`: a layer's health both depends on what feeds
@@ -31,6 +32,10 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, global_max_pool, global_mean_pool
 
 from models.graph import FEATURE_NAMES, ModelGraph
+
+# Up to this many nodes a batch's propagation matrix is dense: for one graph of 8-16 layers a dense
+# product is several times cheaper than torch's sparse CSR one, and it stays cheap for a handful.
+DENSE_MAX_NODES = 128
 
 
 @dataclass
@@ -85,8 +90,9 @@ class GraphBatch:
     x: float32 [N_total, F]; edge_index: int64 [2, E_total], undirected (each pair in both
     directions, deduplicated, no self-loops); batch: int64 [N_total] graph id per node;
     ptr: numpy int64 [G + 1]. ``x_np``/``batch_np`` are the numpy views of the same data.
-    adj: sparse CSR float32 [N_total, N_total], the GCN propagation matrix
-    D^-1/2 (A + I) D^-1/2 (row = target node), so one GCN layer is ``adj @ (x W) + b``.
+    adj: float32 [N_total, N_total], the GCN propagation matrix D^-1/2 (A + I) D^-1/2
+    (row = target node), so one GCN layer is ``adj @ (x W) + b``; dense up to
+    ``DENSE_MAX_NODES`` nodes, sparse CSR above.
     """
 
     x: Tensor
@@ -135,6 +141,10 @@ class ActionLayout:
     @classmethod
     def build(cls, ptr: np.ndarray, batch_np: np.ndarray, k: int) -> "ActionLayout":
         g = len(ptr) - 1
+        if g == 1:  # one graph (a single decision): its actions in order, no padding
+            positions = np.arange(1 + int(ptr[1]) * k, dtype=np.int64)
+            return cls(counts=positions[-1:] + 1, a_max=len(positions), wait_flat=positions[:1],
+                       node_flat=positions[1:], concat_flat=positions)
         counts = 1 + np.diff(ptr) * k
         a_max = int(counts.max()) if g else 1
         rows = np.arange(g, dtype=np.int64)
@@ -154,6 +164,10 @@ class ActionLayout:
 
     def padded_mask(self, masks: Sequence[np.ndarray]) -> Tensor:
         """bool [G, A_max] from per-graph legal masks (padding is False)."""
+        return torch.from_numpy(self.padded_mask_np(masks))
+
+    def padded_mask_np(self, masks: Sequence[np.ndarray]) -> np.ndarray:
+        """:meth:`padded_mask` as a numpy array."""
         g = len(self.counts)
         if len(masks) != g:
             raise ValueError(f"{len(masks)} masks for {g} graphs")
@@ -165,14 +179,15 @@ class ActionLayout:
         out[self.concat_flat] = flat
         if g and not out[:: self.a_max].all():
             raise ValueError("WAIT (index 0) must always be legal")
-        return torch.from_numpy(out.reshape(g, self.a_max))
+        return out.reshape(g, self.a_max)
 
 
-def collate(graphs: Sequence[ModelGraph]) -> GraphBatch:
+def collate(graphs: Sequence[ModelGraph], dense_max_nodes: int = DENSE_MAX_NODES) -> GraphBatch:
     """Concatenate graphs into one :class:`GraphBatch` with numpy (no torch_geometric Batch).
 
     Node ids are offset per graph, edges are made undirected and deduplicated, and the GCN
-    normalisation (self-loops, symmetric degree scaling) is computed once here.
+    normalisation (self-loops, symmetric degree scaling) is computed once here. The propagation
+    matrix is dense when the batch has at most ``dense_max_nodes`` nodes.
     """
     g = len(graphs)
     counts = np.fromiter((gr.node_features.shape[0] for gr in graphs), dtype=np.int64, count=g)
@@ -204,9 +219,16 @@ def collate(graphs: Sequence[ModelGraph]) -> GraphBatch:
     row, col = np.divmod(keys, m)
     nnz_per_row = np.bincount(row, minlength=n)  # = degree incl. the self-loop, >= 1
     dinv = nnz_per_row.astype(np.float32) ** -0.5
-    crow = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(nnz_per_row, out=crow[1:])
     off_diag = row != col
+    values = dinv[row] * dinv[col]
+    if n <= dense_max_nodes:
+        dense = np.zeros((n, n), dtype=np.float32)
+        dense[row, col] = values
+        adj = torch.from_numpy(dense)
+    else:
+        crow = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(nnz_per_row, out=crow[1:])
+        adj = _csr(crow, col, values, n)
     return GraphBatch(
         x=torch.from_numpy(x),
         edge_index=torch.from_numpy(np.stack((col[off_diag], row[off_diag]))),
@@ -214,7 +236,7 @@ def collate(graphs: Sequence[ModelGraph]) -> GraphBatch:
         ptr=ptr,
         x_np=x,
         batch_np=batch_np,
-        adj=_csr(crow, col, dinv[row] * dinv[col], n),
+        adj=adj,
     )
 
 
@@ -259,6 +281,15 @@ def split_padded(probs: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     return [probs[i, :c] for i, c in enumerate(counts.tolist())]
 
 
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _mlp(head: nn.Sequential, x: Tensor) -> Tensor:
+    """A ``Linear -> ReLU -> Linear`` head."""
+    return _linear(head[2], F.relu(_linear(head[0], x)))
+
+
 class TamiyoPolicyGNN(nn.Module):
     """Node-encoder MLP -> residual GCN stack -> mean+max pooling -> heads.
 
@@ -292,7 +323,36 @@ class TamiyoPolicyGNN(nn.Module):
 
     # ------------------------------------------------------------------ forward passes
 
-    def _heads(self, h: Tensor, pooled: Tensor, batch: Tensor) -> PolicyOutput:
+    def _heads(self, h: Tensor, pooled: Tensor, batch: Tensor | None) -> PolicyOutput:
+        """Heads over node embeddings and pooled [G, 2H]; ``batch=None`` means one graph (G = 1).
+        The fast path applies layers with ``F.linear`` on their parameters: same maths as calling
+        the modules, without their per-call hook machinery (measurable on one small graph)."""
+        graph_term = _linear(self.action_graph_in, pooled)
+        node_hidden = F.relu(_linear(self.action_node_in, h) + (graph_term if batch is None else graph_term[batch]))
+        return PolicyOutput(
+            node_logits=_linear(self.action_out, node_hidden),
+            wait_logits=_mlp(self.wait_head, pooled).squeeze(-1),
+            values=_mlp(self.value_head, pooled).squeeze(-1),
+        )
+
+    def _encode(self, x: Tensor, dropout: bool) -> Tensor:
+        h = F.relu(_linear(self.encoder_in, x))
+        if dropout:
+            h = F.dropout(h, p=self.config.dropout, training=True)
+        return _linear(self.encoder_out, h)
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> PolicyOutput:
+        """Reference path, written the usual torch_geometric way (module calls, ``GCNConv``, global
+        pooling). x [N_total, F], edge_index [2, E_total] (pass undirected edges, as :func:`collate`
+        builds), batch [N_total] long -> PolicyOutput([N_total, K], [G], [G])."""
+        h = F.relu(self.encoder_in(x))
+        h = self.encoder_out(F.dropout(h, p=self.config.dropout, training=self.training))
+        for conv in self.gnn_layers:
+            h = h + F.relu(conv(h, edge_index))
+            h = F.dropout(h, p=self.config.dropout, training=self.training)
+        pooled = torch.cat(
+            (global_mean_pool(h, batch, size=num_graphs), global_max_pool(h, batch, size=num_graphs)), dim=1
+        )
         node_hidden = F.relu(self.action_node_in(h) + self.action_graph_in(pooled)[batch])
         return PolicyOutput(
             node_logits=self.action_out(node_hidden),
@@ -300,34 +360,23 @@ class TamiyoPolicyGNN(nn.Module):
             values=self.value_head(pooled).squeeze(-1),
         )
 
-    def _encode(self, x: Tensor, dropout: bool) -> Tensor:
-        h = F.relu(self.encoder_in(x))
-        return self.encoder_out(F.dropout(h, p=self.config.dropout, training=dropout))
-
-    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> PolicyOutput:
-        """Reference path. x [N_total, F], edge_index [2, E_total] (pass undirected edges, as
-        :func:`collate` builds), batch [N_total] long -> PolicyOutput([N_total, K], [G], [G])."""
-        h = self._encode(x, self.training)
-        for conv in self.gnn_layers:
-            h = h + F.relu(conv(h, edge_index))
-            h = F.dropout(h, p=self.config.dropout, training=self.training)
-        pooled = torch.cat(
-            (global_mean_pool(h, batch, size=num_graphs), global_max_pool(h, batch, size=num_graphs)), dim=1
-        )
-        return self._heads(h, pooled, batch)
-
     def forward_batch(self, gb: GraphBatch, dropout: bool | None = None) -> PolicyOutput:
         """Fast path over a collated batch; same maths and parameters as :meth:`forward`.
         ``dropout`` defaults to ``self.training``."""
         active = self.training if dropout is None else dropout
         g = gb.num_graphs
         h = self._encode(gb.x, active)
+        propagate = torch.mm if gb.adj.layout == torch.strided else torch.sparse.mm
         for conv in self.gnn_layers:
-            agg = torch.sparse.mm(gb.adj, conv.lin(h))  # fresh tensor: in-place ops are autograd-safe
+            agg = propagate(gb.adj, F.linear(h, conv.lin.weight))  # fresh tensor: in-place ops are autograd-safe
             if conv.bias is not None:
                 agg.add_(conv.bias)
             h = h + agg.relu_()
-            h = F.dropout(h, p=self.config.dropout, training=active)
+            if active:
+                h = F.dropout(h, p=self.config.dropout, training=True)
+        if g == 1:
+            pooled = torch.cat((h.mean(0, keepdim=True), h.amax(0, keepdim=True)), dim=1)
+            return self._heads(h, pooled, None)
         hd = h.shape[1]
         counts = torch.from_numpy(np.maximum(np.diff(gb.ptr), 1).astype(np.float32))[:, None]
         mean = h.new_zeros(g, hd).index_add_(0, gb.batch, h) / counts
@@ -357,9 +406,18 @@ class TamiyoPolicyGNN(nn.Module):
         """Masked softmax. Returns (probs float64 [G, A_max] — 0 on illegal actions and
         padding, each row sums to 1 —, num_actions int64 [G], values float64 [G])."""
         with torch.inference_mode():
-            logits, lay, values = self._masked_logits(batch, masks, dropout=False)
-            probs = torch.softmax(logits.double(), dim=1)
-        return probs.numpy(), lay.counts, values.double().numpy()
+            out = self.forward_batch(batch, dropout=False)
+        lay = batch.layout(self.num_kernels)
+        legal = lay.padded_mask_np(masks)
+        g = batch.num_graphs
+        flat = np.full(g * lay.a_max, -np.inf)
+        flat[lay.wait_flat] = out.wait_logits.numpy()
+        flat[lay.node_flat] = out.node_logits.numpy().reshape(-1)
+        logits = np.where(legal, flat.reshape(g, lay.a_max), -np.inf)
+        # WAIT is always legal, so every row has a finite maximum.
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True)) if g else logits
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs, lay.counts, out.values.numpy().astype(np.float64)
 
     def distributions(self, batch: GraphBatch, masks: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """Per-graph action probabilities (float64 [1 + N_g * K] each) and values [G].

@@ -10,7 +10,7 @@ from torch_geometric.data import Batch, Data
 from models.actions import encode, legal_mask, num_actions
 from models.graph import FEATURE_INDEX, FEATURE_NAMES, ModelGraph
 from models.heuristic import ThresholdHeuristic
-from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
+from models.policy import DENSE_MAX_NODES, PolicyConfig, TamiyoPolicyGNN, collate
 
 K = 3
 
@@ -53,11 +53,12 @@ def test_config_roundtrip_and_strictness() -> None:
         PolicyConfig.from_dict({**cfg.to_dict(), "extra": 1})
 
 
-def test_collate_offsets_and_undirected_dedup() -> None:
+@pytest.mark.parametrize("dense_max_nodes", [DENSE_MAX_NODES, 0], ids=["dense", "csr"])
+def test_collate_offsets_and_undirected_dedup(dense_max_nodes: int) -> None:
     rng = np.random.default_rng(0)
     g1 = graph(3, rng, edges=[(0, 1), (1, 0), (1, 2), (2, 2)])  # mutual pair, self-loop: counted once
     g2 = graph(2, rng, edges=[(1, 0)])
-    b = collate([g1, g2])
+    b = collate([g1, g2], dense_max_nodes=dense_max_nodes)
     assert b.ptr.tolist() == [0, 3, 5] and b.batch.tolist() == [0, 0, 0, 1, 1]
     pairs = sorted(map(tuple, b.edge_index.T.tolist()))
     assert pairs == [(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3)]
@@ -66,7 +67,8 @@ def test_collate_offsets_and_undirected_dedup() -> None:
     with pytest.raises(ValueError, match="outside"):
         collate([g1, bad])
     # GCN propagation matrix D^-1/2 (A + I) D^-1/2: node 1 has degree 3 (two neighbours + self)
-    adj = b.adj.to_dense().numpy()
+    adj = (b.adj if dense_max_nodes else b.adj.to_dense()).numpy()
+    assert b.adj.layout == (torch.strided if dense_max_nodes else torch.sparse_csr)
     a = np.zeros((5, 5))
     for s, d in pairs:
         a[d, s] = 1.0
@@ -74,8 +76,48 @@ def test_collate_offsets_and_undirected_dedup() -> None:
     dinv = a.sum(axis=1) ** -0.5
     np.testing.assert_allclose(adj, dinv[:, None] * a * dinv[None, :], rtol=1e-6)
     assert adj[1, 1] == pytest.approx(1 / 3) and adj[1, 0] == pytest.approx((2 * 3) ** -0.5)
-    # int32 indices: torch's CPU sparse.mm is several times slower with int64 ones.
-    assert b.adj.crow_indices().dtype == b.adj.col_indices().dtype == torch.int32
+    if not dense_max_nodes:  # int32 indices: torch's CPU sparse.mm is several times slower with int64 ones.
+        assert b.adj.crow_indices().dtype == b.adj.col_indices().dtype == torch.int32
+
+
+def test_dense_and_sparse_propagation_agree_in_outputs_and_gradients(policy, graphs) -> None:
+    masks = [legal_mask(g, K) for g in graphs]
+    dense, sparse = collate(graphs), collate(graphs, dense_max_nodes=0)
+    assert dense.adj.layout == torch.strided and sparse.adj.layout == torch.sparse_csr
+    grads = []
+    for b in (dense, sparse):
+        policy.zero_grad()
+        out = policy.log_probs(b, masks)
+        (out.values.sum() + out.entropy.sum()).backward()
+        grads.append([p.grad.clone() for p in policy.parameters()])
+        with torch.no_grad():
+            fwd = policy.forward_batch(b, dropout=False)
+        grads[-1].append(fwd)
+    for a, c in zip(grads[0][:-1], grads[1][:-1]):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+    for a, c in zip(grads[0][-1], grads[1][-1]):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+    assert any(g.abs().sum() > 0 for g in grads[0][:-1])
+
+
+def test_one_graph_takes_the_same_maths_as_a_batch(policy, graphs) -> None:
+    """A single graph (the decision path: no padding, pooling without scatter) gives what the same
+    graph gives inside a batch, for the forward pass and the distributions."""
+    masks = [legal_mask(g, K, blocked_layers={"layer0"}) for g in graphs]
+    batch_probs, batch_values = policy.distributions(collate(graphs), masks)
+    with torch.no_grad():
+        whole = policy.forward_batch(collate(graphs), dropout=False)
+    ptr = np.concatenate([[0], np.cumsum([g.num_nodes for g in graphs])])
+    for i, (g, m) in enumerate(zip(graphs, masks)):
+        one = collate([g])
+        assert one.layout(K).counts.tolist() == [1 + g.num_nodes * K]
+        probs, values = policy.distributions(one, [m])
+        np.testing.assert_allclose(probs[0], batch_probs[i], atol=1e-6)
+        assert values[0] == pytest.approx(batch_values[i], abs=1e-6)
+        assert probs[0][~m].sum() == 0 and probs[0].sum() == pytest.approx(1.0)
+        with torch.no_grad():
+            alone = policy.forward_batch(one, dropout=False)
+        torch.testing.assert_close(alone.node_logits, whole.node_logits[ptr[i]:ptr[i + 1]], atol=1e-5, rtol=1e-5)
 
 
 def test_output_shapes_and_fast_path_matches_gcnconv(policy, graphs) -> None:
