@@ -12,7 +12,7 @@ import numpy as np
 from models.actions import decode as decode_action
 from models.actions import legal_mask
 from models.decide import GateConfig, blocked_layers, gate_distribution, sample
-from models.graph import FEATURE_NAMES, ModelGraph, build_graph, merge_layer_aggregates
+from models.graph import DORMANT, FEATURE_NAMES, ModelGraph, build_graph, merge_layer_aggregates
 from models.kernels import KERNELS
 from models.policy import collate
 
@@ -61,11 +61,54 @@ def gate_config(settings: Any) -> GateConfig:
 
 
 def fresh_gate(gate: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
-    """The gate state for ``run_id``: a new run forgets cooldowns of the old one."""
+    """The gate state for ``run_id``: a new run forgets cooldowns of the old one.
+
+    ``commanded`` maps the decision id of each GERMINATE command to its ``[layer, seed]`` until
+    telemetry shows that seed no longer DORMANT or the host rejects the command (gate states
+    written before it existed have none).
+    """
     if not gate or gate.get("run_id") != run_id:
         return {"run_id": run_id, "last_decided_epoch": -1, "last_adapted": {},
-                "adapt_epoch": -1, "adaptations": 0}
+                "adapt_epoch": -1, "adaptations": 0, "commanded": {}}
     return dict(gate)
+
+
+def unapplied_commands(commanded: dict[str, list], aggregates: dict[str, dict]) -> dict[str, list]:
+    """The entries of ``commanded`` whose seed the window still shows DORMANT (or does not show).
+
+    A host applies a command when it arrives, which under load is epochs after the decision; until
+    its telemetry shows the seed germinated, a later decision must not pick the same seed again
+    (the host would reject it: measured, ~20 % of the demo fleet's commands before this).
+    """
+    out = {}
+    for decision, (layer, seed) in commanded.items():
+        states = (aggregates.get(layer) or {}).get("seed_states") or []
+        if seed >= len(states) or states[seed] == DORMANT:
+            out[decision] = [layer, seed]
+    return out
+
+
+def forget_rejected(gate: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """The gate without the command a REJECTED CommandOutcome answers (its seed stays free); None
+    when there is nothing to change."""
+    if (outcome.get("status") != "REJECTED" or not gate or gate.get("run_id") != outcome.get("run_id")
+            or outcome.get("decision_id") not in (gate.get("commanded") or {})):
+        return None
+    commanded = {k: v for k, v in gate["commanded"].items() if k != outcome["decision_id"]}
+    return dict(gate, commanded=commanded)
+
+
+def _skip_commanded_seeds(graph: ModelGraph, aggregates: dict[str, dict], commanded: dict[str, list]) -> None:
+    """Point each layer with an unapplied command at its first DORMANT seed not yet commanded (None:
+    the layer has no free seed and is not adaptable)."""
+    taken: dict[str, set[int]] = {}
+    for layer, seed in commanded.values():
+        taken.setdefault(layer, set()).add(seed)
+    for i, name in enumerate(graph.layer_names):
+        if name in taken:
+            states = (aggregates.get(name) or {}).get("seed_states") or []
+            graph.dormant_seed[i] = next((j for j, state in enumerate(states)
+                                          if state == DORMANT and j not in taken[name]), None)
 
 
 def last_decided_epoch(gate: dict[str, Any] | None, run_id: str) -> int:
@@ -76,7 +119,11 @@ def last_decided_epoch(gate: dict[str, Any] | None, run_id: str) -> int:
 def prepare(outcome: dict[str, Any], topology: dict[str, Any], windows: list[dict[str, Any]],
             gate: dict[str, Any] | None, cfg: GateConfig, trigger: str = "epoch_end") -> DueModel | None:
     """Build the graph and legal-action mask; None when this epoch was already decided (by either
-    trigger: at most one decision per model and epoch, whichever trigger comes first)."""
+    trigger: at most one decision per model and epoch, whichever trigger comes first).
+
+    After a run's final epoch only WAIT is legal: the host has stopped training, so a command
+    could never be applied (the decision is still made and logged; training gives it reward 0).
+    """
     epoch = outcome["epoch"]
     if last_decided_epoch(gate, outcome["run_id"]) >= epoch:
         return None
@@ -87,9 +134,14 @@ def prepare(outcome: dict[str, Any], topology: dict[str, Any], windows: list[dic
             continue
         for name, agg in window.get("layers", {}).items():
             aggregates[name] = merge_layer_aggregates(aggregates[name], agg) if name in aggregates else agg
+    commanded = unapplied_commands(state.get("commanded") or {}, aggregates)
+    state["commanded"] = commanded
     graph = build_graph(topology, aggregates, state["last_adapted"], epoch)
+    if commanded:
+        _skip_commanded_seeds(graph, aggregates, commanded)
     blocked = blocked_layers(state["last_adapted"], epoch, cfg.cooldown_epochs)
-    if state["adapt_epoch"] == epoch and state["adaptations"] >= cfg.max_adaptations_per_epoch:
+    capped = state["adapt_epoch"] == epoch and state["adaptations"] >= cfg.max_adaptations_per_epoch
+    if capped or outcome.get("final"):
         blocked = set(graph.layer_names)
     legal = legal_mask(graph, len(KERNELS), blocked)
     return DueModel(outcome, graph, legal, state, trigger)
@@ -157,5 +209,6 @@ def _one(item: DueModel, probs: np.ndarray, value: float, version: str, cfg: Gat
         last_adapted = dict(gate["last_adapted"], **{layer: outcome["epoch"]})
         same_epoch = gate["adapt_epoch"] == outcome["epoch"]
         gate.update(last_adapted=last_adapted, adapt_epoch=outcome["epoch"],
-                    adaptations=(gate["adaptations"] + 1) if same_epoch else 1)
+                    adaptations=(gate["adaptations"] + 1) if same_epoch else 1,
+                    commanded={**(gate.get("commanded") or {}), did: [layer, seed]})
     return Made(record, command, gate)
