@@ -171,6 +171,13 @@ class ActionLayout:
         g = len(self.counts)
         if len(masks) != g:
             raise ValueError(f"{len(masks)} masks for {g} graphs")
+        if g == 1:  # no padding
+            if len(masks[0]) != self.counts[0]:
+                raise ValueError("mask lengths do not match 1 + N * K per graph")
+            out = np.array(masks[0], dtype=bool).reshape(1, -1)
+            if not out[0, 0]:
+                raise ValueError("WAIT (index 0) must always be legal")
+            return out
         lengths = np.fromiter((len(m) for m in masks), dtype=np.int64, count=g)
         if not np.array_equal(lengths, self.counts):
             raise ValueError("mask lengths do not match 1 + N * K per graph")
@@ -190,15 +197,47 @@ def collate(graphs: Sequence[ModelGraph], dense_max_nodes: int = DENSE_MAX_NODES
     matrix is dense when the batch has at most ``dense_max_nodes`` nodes.
     """
     g = len(graphs)
+    if g == 1:  # one decision: no offsets to apply
+        x, ei, ptr, batch_np = _one_graph(graphs[0])
+        n = len(batch_np)
+    else:
+        x, ei, ptr, batch_np = _concatenated(graphs)
+        n = int(ptr[-1])
+    if n <= dense_max_nodes:
+        adj, edge_index = _dense_propagation(ei, n)
+    else:
+        adj, edge_index = _sparse_propagation(ei, n)
+    return GraphBatch(
+        x=torch.from_numpy(x),
+        edge_index=torch.from_numpy(edge_index),
+        batch=torch.from_numpy(batch_np),
+        ptr=ptr,
+        x_np=x,
+        batch_np=batch_np,
+        adj=adj,
+    )
+
+
+def _one_graph(graph: ModelGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x float32, edges int64, ptr, batch) of a batch of one graph."""
+    n = graph.node_features.shape[0]
+    ei = graph.edge_index.astype(np.int64, copy=False).reshape(2, -1)
+    if ei.size and (ei.min() < 0 or ei.max() >= n):
+        raise ValueError("edge_index refers to a node outside its graph")
+    return (np.ascontiguousarray(graph.node_features, dtype=np.float32), ei,
+            np.array([0, n], dtype=np.int64), np.zeros(n, dtype=np.int64))
+
+
+def _concatenated(graphs: Sequence[ModelGraph]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x float32, batch-offset edges int64, ptr, batch) of several graphs."""
+    g = len(graphs)
     counts = np.fromiter((gr.node_features.shape[0] for gr in graphs), dtype=np.int64, count=g)
     ptr = np.zeros(g + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
-    n = int(ptr[-1])
     f = graphs[0].node_features.shape[1] if g else len(FEATURE_NAMES)
     x = np.concatenate([gr.node_features for gr in graphs]) if g else np.zeros((0, f))
     x = np.ascontiguousarray(x, dtype=np.float32)
     batch_np = np.repeat(np.arange(g, dtype=np.int64), counts)
-
     e_counts = np.fromiter((gr.edge_index.shape[1] for gr in graphs), dtype=np.int64, count=g)
     if g and e_counts.sum():
         ei = np.concatenate([gr.edge_index for gr in graphs], axis=1).astype(np.int64, copy=False)
@@ -207,6 +246,26 @@ def collate(graphs: Sequence[ModelGraph], dense_max_nodes: int = DENSE_MAX_NODES
         ei = ei + np.repeat(ptr[:-1], e_counts)
     else:
         ei = np.zeros((2, 0), dtype=np.int64)
+    return x, ei, ptr, batch_np
+
+
+def _dense_propagation(ei: np.ndarray, n: int) -> tuple[Tensor, np.ndarray]:
+    """Dense D^-1/2 (A + I) D^-1/2 and the undirected off-diagonal edges (source, target) in
+    row-major order, from batch-offset edges; duplicates and input self-loops collapse."""
+    a = np.zeros((n, n), dtype=np.float32)
+    a[ei[1], ei[0]] = 1.0
+    a[ei[0], ei[1]] = 1.0
+    np.fill_diagonal(a, 0.0)
+    row, col = np.nonzero(a)
+    np.fill_diagonal(a, 1.0)
+    dinv = a.sum(axis=1) ** -0.5  # degree incl. the self-loop, >= 1
+    a *= dinv[:, None]
+    a *= dinv[None, :]
+    return torch.from_numpy(a), np.stack((col, row))
+
+
+def _sparse_propagation(ei: np.ndarray, n: int) -> tuple[Tensor, np.ndarray]:
+    """:func:`_dense_propagation` as a sparse CSR matrix."""
     # One sort gives everything: keys row * n + col for both directions plus the diagonal
     # (self-loops), unique (duplicates and input self-loops collapse) and row-major (CSR).
     m = max(n, 1)
@@ -219,25 +278,10 @@ def collate(graphs: Sequence[ModelGraph], dense_max_nodes: int = DENSE_MAX_NODES
     row, col = np.divmod(keys, m)
     nnz_per_row = np.bincount(row, minlength=n)  # = degree incl. the self-loop, >= 1
     dinv = nnz_per_row.astype(np.float32) ** -0.5
+    crow = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(nnz_per_row, out=crow[1:])
     off_diag = row != col
-    values = dinv[row] * dinv[col]
-    if n <= dense_max_nodes:
-        dense = np.zeros((n, n), dtype=np.float32)
-        dense[row, col] = values
-        adj = torch.from_numpy(dense)
-    else:
-        crow = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(nnz_per_row, out=crow[1:])
-        adj = _csr(crow, col, values, n)
-    return GraphBatch(
-        x=torch.from_numpy(x),
-        edge_index=torch.from_numpy(np.stack((col[off_diag], row[off_diag]))),
-        batch=torch.from_numpy(batch_np),
-        ptr=ptr,
-        x_np=x,
-        batch_np=batch_np,
-        adj=adj,
-    )
+    return _csr(crow, col, dinv[row] * dinv[col], n), np.stack((col[off_diag], row[off_diag]))
 
 
 _CSR_WARNED = False
