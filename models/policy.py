@@ -224,7 +224,8 @@ def _one_graph(graph: ModelGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     ei = graph.edge_index.astype(np.int64, copy=False).reshape(2, -1)
     if ei.size and (ei.min() < 0 or ei.max() >= n):
         raise ValueError("edge_index refers to a node outside its graph")
-    return (np.ascontiguousarray(graph.node_features, dtype=np.float32), ei,
+    # A copy, as for several graphs: the batch never shares memory with the caller's features.
+    return (np.array(graph.node_features, dtype=np.float32, order="C"), ei,
             np.array([0, n], dtype=np.int64), np.zeros(n, dtype=np.int64))
 
 

@@ -69,6 +69,7 @@ def test_collate_offsets_and_undirected_dedup(dense_max_nodes: int) -> None:
     with pytest.raises(ValueError, match="outside"):
         collate([bad])  # one graph takes its own path
     one = collate([g1], dense_max_nodes=dense_max_nodes)
+    assert not np.shares_memory(one.x_np, g1.node_features)
     assert sorted(map(tuple, one.edge_index.T.tolist())) == pairs[:4] and one.ptr.tolist() == [0, 3]
     # GCN propagation matrix D^-1/2 (A + I) D^-1/2: node 1 has degree 3 (two neighbours + self)
     adj = (b.adj if dense_max_nodes else b.adj.to_dense()).numpy()
