@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -275,10 +275,10 @@ def health_trend(agg: dict) -> float:
     return _finite(slope * span_s, 0.0, -1.0, 1.0)
 
 
-def first_dormant_seed(seed_states: list[str]) -> int | None:
-    """Index of the first DORMANT seed, or None."""
+def first_dormant_seed(seed_states: list[str], taken: Collection[int] = ()) -> int | None:
+    """Index of the first DORMANT seed not in ``taken``, or None."""
     for i, state in enumerate(seed_states):
-        if state == DORMANT:
+        if state == DORMANT and i not in taken:
             return i
     return None
 
@@ -326,9 +326,9 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def _window_row(agg: dict | None) -> tuple[list[float], int | None, float]:
+def _window_row(agg: dict | None, taken: Collection[int] = ()) -> tuple[list[float], int | None, float]:
     """The 12 window-statistic features of one layer (may hold NaN from a corrupted
-    aggregate; build_graph cleans), its first dormant seed, and has_data."""
+    aggregate; build_graph cleans), its first dormant seed not in ``taken``, and has_data."""
     if not agg or agg.get("count", 0) <= 0:
         return list(_NEUTRAL_WINDOW), None, 0.0
     log1p = math.log1p
@@ -350,7 +350,7 @@ def _window_row(agg: dict | None) -> tuple[list[float], int | None, float]:
         min(agg.get("active_seeds", 0) / total, 1.0) if total > 0 else 0.0,
         n_dormant / len(states) if states else 0.0,
     ]
-    return row, (states.index(DORMANT) if n_dormant else None), 1.0
+    return row, (first_dormant_seed(states, taken) if n_dormant else None), 1.0
 
 
 def build_graph(
@@ -358,12 +358,14 @@ def build_graph(
     aggregates: dict[str, dict],
     last_adapted_epoch: dict[str, int],
     epoch: int,
+    taken_seeds: dict[str, Collection[int]] | None = None,
 ) -> ModelGraph:
     """Build the policy input for one model from its topology and window aggregates.
 
     Nodes follow the topology's layer order (a repeated layer name keeps its first
     occurrence). Layers without an aggregate get NEUTRAL_FEATURES, has_data=0 and no
-    dormant seed (unknown seed states are never adapted). Edges are mapped by layer name;
+    dormant seed (unknown seed states are never adapted); a layer's seeds in ``taken_seeds``
+    (already commanded) are not offered as its dormant seed. Edges are mapped by layer name;
     edges naming unknown layers, self-loops and duplicates are dropped. The output holds
     no NaN/inf: every feature is finite and clipped to +-FEATURE_CLIP.
     """
@@ -384,7 +386,7 @@ def build_graph(
     sizes: list[tuple[float, float, float]] = []
     since: list[float] = []
     for name, layer in zip(names, layers):
-        row, d, has = _window_row(aggregates.get(name))
+        row, d, has = _window_row(aggregates.get(name), (taken_seeds or {}).get(name, ()))
         window.append(row)
         dormant.append(d)
         has_data.append(has)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field, fields
-from typing import NamedTuple, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -327,12 +327,18 @@ def split_padded(probs: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
 
 
 def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """The layer's maths without its module call (no hook machinery): the fast path's way."""
     return F.linear(x, layer.weight, layer.bias)
 
 
-def _mlp(head: nn.Sequential, x: Tensor) -> Tensor:
+def _call(layer: nn.Module, x: Tensor) -> Tensor:
+    """The usual module call: the reference path's way."""
+    return layer(x)
+
+
+def _mlp(head: nn.Sequential, x: Tensor, apply: Callable[[nn.Module, Tensor], Tensor]) -> Tensor:
     """A ``Linear -> ReLU -> Linear`` head."""
-    return _linear(head[2], F.relu(_linear(head[0], x)))
+    return apply(head[2], F.relu(apply(head[0], x)))
 
 
 class TamiyoPolicyGNN(nn.Module):
@@ -368,42 +374,36 @@ class TamiyoPolicyGNN(nn.Module):
 
     # ------------------------------------------------------------------ forward passes
 
-    def _heads(self, h: Tensor, pooled: Tensor, batch: Tensor | None) -> PolicyOutput:
+    def _heads(self, h: Tensor, pooled: Tensor, batch: Tensor | None,
+               apply: Callable[[nn.Module, Tensor], Tensor] = _linear) -> PolicyOutput:
         """Heads over node embeddings and pooled [G, 2H]; ``batch=None`` means one graph (G = 1).
-        The fast path applies layers with ``F.linear`` on their parameters: same maths as calling
-        the modules, without their per-call hook machinery (measurable on one small graph)."""
-        graph_term = _linear(self.action_graph_in, pooled)
-        node_hidden = F.relu(_linear(self.action_node_in, h) + (graph_term if batch is None else graph_term[batch]))
+        ``apply`` runs a layer: ``_linear`` (the fast path) or ``_call`` (the reference path)."""
+        graph_term = apply(self.action_graph_in, pooled)
+        node_hidden = F.relu(apply(self.action_node_in, h) + (graph_term if batch is None else graph_term[batch]))
         return PolicyOutput(
-            node_logits=_linear(self.action_out, node_hidden),
-            wait_logits=_mlp(self.wait_head, pooled).squeeze(-1),
-            values=_mlp(self.value_head, pooled).squeeze(-1),
+            node_logits=apply(self.action_out, node_hidden),
+            wait_logits=_mlp(self.wait_head, pooled, apply).squeeze(-1),
+            values=_mlp(self.value_head, pooled, apply).squeeze(-1),
         )
 
-    def _encode(self, x: Tensor, dropout: bool) -> Tensor:
-        h = F.relu(_linear(self.encoder_in, x))
+    def _encode(self, x: Tensor, dropout: bool, apply: Callable[[nn.Module, Tensor], Tensor] = _linear) -> Tensor:
+        h = F.relu(apply(self.encoder_in, x))
         if dropout:
             h = F.dropout(h, p=self.config.dropout, training=True)
-        return _linear(self.encoder_out, h)
+        return apply(self.encoder_out, h)
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> PolicyOutput:
         """Reference path, written the usual torch_geometric way (module calls, ``GCNConv``, global
         pooling). x [N_total, F], edge_index [2, E_total] (pass undirected edges, as :func:`collate`
         builds), batch [N_total] long -> PolicyOutput([N_total, K], [G], [G])."""
-        h = F.relu(self.encoder_in(x))
-        h = self.encoder_out(F.dropout(h, p=self.config.dropout, training=self.training))
+        h = self._encode(x, self.training, _call)
         for conv in self.gnn_layers:
             h = h + F.relu(conv(h, edge_index))
             h = F.dropout(h, p=self.config.dropout, training=self.training)
         pooled = torch.cat(
             (global_mean_pool(h, batch, size=num_graphs), global_max_pool(h, batch, size=num_graphs)), dim=1
         )
-        node_hidden = F.relu(self.action_node_in(h) + self.action_graph_in(pooled)[batch])
-        return PolicyOutput(
-            node_logits=self.action_out(node_hidden),
-            wait_logits=self.wait_head(pooled).squeeze(-1),
-            values=self.value_head(pooled).squeeze(-1),
-        )
+        return self._heads(h, pooled, batch, _call)
 
     def forward_batch(self, gb: GraphBatch, dropout: bool | None = None) -> PolicyOutput:
         """Fast path over a collated batch; same maths and parameters as :meth:`forward`.

@@ -98,19 +98,6 @@ def forget_rejected(gate: dict[str, Any] | None, outcome: dict[str, Any]) -> dic
     return dict(gate, commanded=commanded)
 
 
-def _skip_commanded_seeds(graph: ModelGraph, aggregates: dict[str, dict], commanded: dict[str, list]) -> None:
-    """Point each layer with an unapplied command at its first DORMANT seed not yet commanded (None:
-    the layer has no free seed and is not adaptable)."""
-    taken: dict[str, set[int]] = {}
-    for layer, seed in commanded.values():
-        taken.setdefault(layer, set()).add(seed)
-    for i, name in enumerate(graph.layer_names):
-        if name in taken:
-            states = (aggregates.get(name) or {}).get("seed_states") or []
-            graph.dormant_seed[i] = next((j for j, state in enumerate(states)
-                                          if state == DORMANT and j not in taken[name]), None)
-
-
 def last_decided_epoch(gate: dict[str, Any] | None, run_id: str) -> int:
     """The newest epoch of ``run_id`` already decided (-1: none)."""
     return gate["last_decided_epoch"] if gate and gate.get("run_id") == run_id else -1
@@ -136,9 +123,10 @@ def prepare(outcome: dict[str, Any], topology: dict[str, Any], windows: list[dic
             aggregates[name] = merge_layer_aggregates(aggregates[name], agg) if name in aggregates else agg
     commanded = unapplied_commands(state.get("commanded") or {}, aggregates)
     state["commanded"] = commanded
-    graph = build_graph(topology, aggregates, state["last_adapted"], epoch)
-    if commanded:
-        _skip_commanded_seeds(graph, aggregates, commanded)
+    taken: dict[str, set[int]] = {}
+    for layer, seed in commanded.values():
+        taken.setdefault(layer, set()).add(seed)
+    graph = build_graph(topology, aggregates, state["last_adapted"], epoch, taken)
     blocked = blocked_layers(state["last_adapted"], epoch, cfg.cooldown_epochs)
     capped = state["adapt_epoch"] == epoch and state["adaptations"] >= cfg.max_adaptations_per_epoch
     if capped or outcome.get("final"):
