@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from streams.context import Counters
@@ -15,6 +17,10 @@ class WorkerMetrics:
         self.decision_batch_seconds = Histogram(
             "tamiyo_decision_batch_seconds", "Time to decide one batch of due models",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
+        self.decision_latency_seconds = Histogram(
+            "tamiyo_decision_latency_seconds",
+            "From an EpochOutcome's Kafka timestamp to its decision's delivery (record and command acked)",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0), registry=r)
         self.policy_version = Info("tamiyo_policy", "The policy version being served", registry=r)
         self.hot_swaps = Counter("tamiyo_policy_hot_swaps_total", "Policy hot swaps", registry=r)
         self.registry_errors = Counter("tamiyo_registry_errors_total", "Failed registry polls", registry=r)
@@ -42,6 +48,11 @@ class WorkerMetrics:
             self.consumer_lag.labels(topic).set(lag)
         self.commit_holds.set(commit_holds)
 
-    def observe_decisions(self, count: int, seconds: float, version: str) -> None:
+    def observe_decisions(self, count: int, seconds: float, version: str,
+                          latencies: Iterable[float] = ()) -> None:
+        """One delivered batch: its duration, the serving version, and per decision the seconds since
+        its outcome's Kafka timestamp (the host's clock: skew shifts it; negatives count as 0)."""
         self.decision_batch_seconds.observe(seconds)
         self.policy_version.info({"version": version})
+        for latency in latencies:
+            self.decision_latency_seconds.observe(max(latency, 0.0))

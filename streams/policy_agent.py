@@ -242,7 +242,15 @@ async def _send_decisions(ctx: WorkerContext, outbox: Outbox, due: dict[str, tup
         with as_current(event):
             ctx.gate_state[decision.record["model_id"]] = decision.gate
     if ctx.metrics is not None:
-        ctx.metrics.observe_decisions(len(made), time.perf_counter() - started, serving.version)
+        now = time.time()
+        since = [now - stamp for _, event in due.values() if (stamp := _record_time(event)) is not None]
+        ctx.metrics.observe_decisions(len(made), time.perf_counter() - started, serving.version, since)
+
+
+def _record_time(event: Any) -> float | None:
+    """The Kafka timestamp (seconds) of an event's message, when it has one."""
+    stamp = getattr(getattr(event, "message", None), "timestamp", None)
+    return float(stamp) if isinstance(stamp, (int, float)) and stamp > 0 else None
 
 
 def _prepare(ctx: WorkerContext, outcome: dict, cfg: Any, pending: tuple | None) -> DueModel | None:

@@ -141,6 +141,10 @@ def test_worker_decides_commands_archives_and_dead_letters(topics_ready, start_w
     assert events["decisions"] == 4 and events["commands_sent"] >= 3 and events["health_signals"] == 4 * 4
     assert metrics["tamiyo_policy_info"][0].labels["version"] == "heuristic-v1"
     assert [s.value for s in metrics["tamiyo_decision_batch_seconds"] if s.name.endswith("_count")][0] >= 1
+    # One end-to-end latency per outcome decided: from its Kafka timestamp (this test's clock) to delivery.
+    latency = {s.name.rsplit("_", 1)[1]: s.value for s in metrics["tamiyo_decision_latency_seconds"]
+               if s.name.endswith(("_count", "_sum"))}
+    assert latency["count"] == 4 and 0 < latency["sum"] < 4 * 120, latency
     assert [s.value for s in metrics["tamiyo_commit_holds"]] == [0.0]
 
     # m-b starts run-2; then run-1's last report and outcome arrive late (health, outcomes and
