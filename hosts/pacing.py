@@ -19,6 +19,7 @@ from typing import Callable
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.kafka.clients import make_consumer
+from streams.kafka.reader import partition_lag
 from tamiyo.config import Settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ class WorkerLag:
             committed = self.consumer.committed(self.partitions, timeout=self.timeout_s)
             lag = 0
             for tp in committed:
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
-                lag += max(high - (tp.offset if tp.offset >= 0 else low), 0)
+                lag += partition_lag(tp.offset, *self.consumer.get_watermark_offsets(tp, timeout=self.timeout_s))
             return lag
         except KafkaException as exc:
             log.debug("worker lag unknown: %s", exc)

@@ -68,7 +68,7 @@ def group_lag(settings: Settings, offsets: dict[str, dict[str, Any]], timeout: f
     from confluent_kafka import TopicPartition
 
     from streams.kafka.clients import make_consumer
-    from streams.kafka.reader import watermarks
+    from streams.kafka.reader import partition_lag, watermarks
 
     group = settings.worker_group
     topics = settings.topics
@@ -87,9 +87,7 @@ def group_lag(settings: Settings, offsets: dict[str, dict[str, Any]], timeout: f
         consumer.close()
     total = 0
     for tp in committed:
-        end = offsets[tp.topic]["end_offsets"][tp.partition]
-        position = tp.offset if tp.offset >= 0 else lows[(tp.topic, tp.partition)]
-        lag = max(end - position, 0)
+        lag = partition_lag(tp.offset, lows[(tp.topic, tp.partition)], offsets[tp.topic]["end_offsets"][tp.partition])
         entry = result["topics"].setdefault(tp.topic, {"lag": 0, "committed": {}})
         entry["lag"] += lag
         entry["committed"][tp.partition] = tp.offset if tp.offset >= 0 else None

@@ -51,6 +51,12 @@ def high_watermarks(consumer: Consumer, topic: str) -> dict[int, int]:
     return {p: high for p, (_low, high) in all_watermarks(consumer, topic).items()}
 
 
+def partition_lag(committed: int, low: int, high: int) -> int:
+    """Records of a partition a group has not committed: ``high - committed``. A group that never
+    committed (a negative offset) has all of the retained records (``low`` on) ahead of it."""
+    return max(high - (committed if committed >= 0 else low), 0)
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """``high_watermarks`` with a consumer of its own."""
     consumer = make_consumer(settings, **BULK_READER)

@@ -9,6 +9,7 @@ from confluent_kafka import TopicPartition
 
 from hosts.pacing import WorkerLag, hold_back
 from streams.kafka.clients import make_consumer
+from streams.kafka.reader import partition_lag
 from tests.samples import SAMPLES
 from tests.streams.kafka_io import produce_records
 
@@ -22,6 +23,12 @@ class _Clock:
 
     def idle(self, seconds: float) -> None:
         self.now += seconds
+
+
+def test_partition_lag_counts_from_the_commit_or_from_the_oldest_retained_record() -> None:
+    assert partition_lag(7, 0, 10) == 3
+    assert partition_lag(-1001, 4, 10) == 6  # never committed: everything retained (from low) is ahead
+    assert partition_lag(12, 0, 10) == 0  # a commit past the end (a truncated topic) is no negative lag
 
 
 def test_hold_back_waits_while_the_lag_is_high_and_never_past_its_cap() -> None:
