@@ -16,6 +16,7 @@ The first epoch is warm-up; each run is then ``epochs_per_run`` epochs of every 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -157,9 +158,11 @@ def latency_runs(env: BenchEnv, models: int, epoch_s: float, epochs_per_run: int
             time.sleep(0.2)
         if not collector.seen:
             raise RuntimeError(f"no command for {models} warm-up outcomes:\n{worker.log_tail()}")
+        usage = CpuShares(worker=[worker.process.pid], broker=[env.broker.pid] if env.broker is not None else [])
         for run in range(runs):
             generator.play(epochs_per_run, tag=run)
             progress(f"  {label}: run {run + 1}/{runs} played")
+        cpu_cores = usage.cores()
         # Stragglers: wait while commands keep coming (a saturated worker is still catching up),
         # at most straggler_s.
         deadline = time.monotonic() + straggler_s
@@ -197,7 +200,30 @@ def latency_runs(env: BenchEnv, models: int, epoch_s: float, epochs_per_run: int
                         "outcomes": len(sent), "commands": len(lat)})
         progress(f"  {label}: run {run + 1}: p50 {per_run[-1]['p50']:.1f} ms, p99 {per_run[-1]['p99']:.1f} ms "
                  f"({len(lat)} commands for {len(sent)} outcomes)")
-    return {"runs": per_run}
+    return {"runs": per_run, "cpu_cores": cpu_cores}
+
+
+class CpuShares:
+    """Cores each side used while the runs played: the worker, the broker (embedded only) and this
+    process (load generator and command collector, with their Kafka clients' threads). On a small
+    machine they share the cores, and the latency includes waiting for one."""
+
+    def __init__(self, **pids: list[int]) -> None:
+        self.pids = {name: p for name, p in pids.items() if p}
+        self.t0 = time.monotonic()
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float | None]:
+        from tamiyo.bench.env import cpu_seconds
+
+        return {"load_generator_and_collector": time.process_time(),
+                **{name: cpu_seconds(p) for name, p in self.pids.items()}}
+
+    def cores(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        end = self._now()
+        return {name: round((end[name] - start) / wall, 2) for name, start in self.start.items()
+                if start is not None and end[name] is not None and wall > 0}
 
 
 def bench_decision(env: BenchEnv, results: Results, cfg: DecisionConfig) -> None:
@@ -225,6 +251,7 @@ def bench_decision(env: BenchEnv, results: Results, cfg: DecisionConfig) -> None
                      arrival_p50_ms=[round(r["arrival_p50"], 2) for r in runs],
                      arrival_p99_ms=[round(r["arrival_p99"], 2) for r in runs],
                      max_ms=[r["max"] for r in runs],
+                     cpu_cores_used=out["cpu_cores"], machine_cpus=os.cpu_count(),
                      measured="command record timestamp - outcome record timestamp (Kafka, ms)")
         if not any(r["commands"] for r in runs):
             for name in names:

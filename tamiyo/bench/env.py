@@ -264,7 +264,7 @@ class OffsetWatch:
 
         total = sum(watermarks(self.consumer, tp.topic, tp.partition)[1] for tp in self.parts)
         self.samples.append((time.monotonic(), total))
-        self.cpu.append(_cpu_seconds(self.pids) if self.pids else None)
+        self.cpu.append(cpu_seconds(self.pids) if self.pids else None)
         return total
 
     def reset(self) -> None:
@@ -293,7 +293,7 @@ class CommittedWatch(OffsetWatch):
         committed = self.consumer.committed(self.parts, timeout=10.0)
         total = sum(max(tp.offset, 0) for tp in committed)
         self.samples.append((time.monotonic(), total))
-        self.cpu.append(_cpu_seconds(self.pids) if self.pids else None)
+        self.cpu.append(cpu_seconds(self.pids) if self.pids else None)
         return total
 
 
@@ -336,7 +336,8 @@ def cpu_per_record(watch: OffsetWatch, total: int, lo: float = 0.1, hi: float = 
     return (b - a) / records * 1e6
 
 
-def _cpu_seconds(pids: list[int]) -> float | None:
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of the processes ``pids`` so far (None when one cannot be read)."""
     try:
         import psutil
 

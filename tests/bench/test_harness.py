@@ -99,3 +99,26 @@ def test_only_keeps_the_other_groups_of_an_existing_results_file(tmp_path) -> No
     assert data["metrics"]["replay_records_per_s"]["value"] == 20.0
     assert data["not_measured"] == {"learning_loop_latency_s": "not ready"}
     assert any("kept from the previous results file" in n for n in data["notes"])
+
+
+def test_cpu_shares_count_the_cores_each_side_used() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tamiyo.bench.decision import CpuShares
+
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        usage = CpuShares(worker=[os.getpid()], broker=[idle.pid], gone=[])
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:  # this process works: it is both "worker" and the bench side
+            pass
+        cores = usage.cores()
+    finally:
+        idle.kill()
+        idle.wait()
+    assert set(cores) == {"load_generator_and_collector", "worker", "broker"}  # no pids: not reported
+    assert 0.5 < cores["worker"] <= 1.2 and 0.5 < cores["load_generator_and_collector"] <= 1.2
+    assert cores["broker"] < 0.2
