@@ -29,7 +29,6 @@ class Counters:
     stale_signals: int = 0  # signals of a run a newer run of their model replaced: archived, not folded
     stale_outcomes: int = 0  # epoch outcomes of such runs: archived, not decided
     stale_topologies: int = 0  # topologies of such runs: archived, not stored
-    decisions_resent: int = 0  # decided epochs read again after a crash: their stored messages sent again
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -54,31 +53,8 @@ class WorkerContext:
     # Outcomes partition -> offset after the last outcome the policy agent handled (decided, parked
     # or dead-lettered): the window-close trigger's "caught up", which held commits lag behind.
     outcomes_handled: dict[int, int] = field(default_factory=dict)
-    # Decision ids whose messages this process delivered: a gate state's stored copy of them is not
-    # sent again (after a restart it is, once, when its epoch comes up again; hosts drop the repeat).
-    delivered: "RecentIds" = field(default_factory=lambda: RecentIds())
 
     def __post_init__(self) -> None:
         self.parked_signals = Parking(self.settings.park_seconds, self.settings.park_capacity)
         self.parked_outcomes = Parking(self.settings.park_seconds, self.settings.park_capacity)
         self.waiting_for_signals = Parking(self.settings.signal_wait_seconds, self.settings.park_capacity)
-
-
-class RecentIds:
-    """A set of ids that forgets the oldest half when it reaches ``capacity``."""
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self.capacity = capacity
-        self._ids: dict[str, None] = {}
-
-    def add(self, item: str) -> None:
-        self._ids[item] = None
-        if len(self._ids) > self.capacity:
-            for old in list(self._ids)[: len(self._ids) // 2]:
-                del self._ids[old]
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ def decision_id(model_id: str, run_id: str, epoch: int) -> str:
     """Deterministic, so a re-processed epoch yields the same id (hosts apply each id once).
 
     One id per model, run and epoch whatever the trigger: if the EpochOutcome and the window-close
-    trigger both decide an epoch (a rebalance between the two), hosts
+    trigger both decide an epoch (a crash between delivery and the gate write, a rebalance), hosts
     apply the first command and drop the second as a duplicate. The name keeps the ``epoch_end``
     suffix of the first release, so epoch-end ids did not change.
     """
@@ -71,41 +70,7 @@ def fresh_gate(gate: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
     if not gate or gate.get("run_id") != run_id:
         return {"run_id": run_id, "last_decided_epoch": -1, "last_adapted": {},
                 "adapt_epoch": -1, "adaptations": 0, "commanded": {}}
-    return {k: v for k, v in gate.items() if k != PENDING}
-
-
-#: The gate state's copy of the last decision's messages (see ``with_pending``).
-PENDING = "pending"
-
-
-def with_pending(gate: dict[str, Any], record: dict[str, Any], record_bytes: bytes,
-                 command_bytes: bytes | None) -> dict[str, Any]:
-    """``gate`` holding the encoded messages of the decision it records.
-
-    The worker writes this gate state, and waits until Kafka has it, before it sends the messages.
-    An outcome read again after a crash then finds its epoch decided and the exact messages to
-    send again (``undelivered``), instead of deciding anew from tables that have moved on since:
-    telemetry folded after the decision, even the host's reaction to it, would make a different
-    decision under the same id (measured in the worker-crash chaos scenario).
-    """
-    pending = {"decision_id": record["decision_id"], "epoch": record["epoch"], "trigger": record["trigger"],
-               "record": base64.b64encode(record_bytes).decode(),
-               "command": base64.b64encode(command_bytes).decode() if command_bytes is not None else None}
-    return dict(gate, **{PENDING: pending})
-
-
-def undelivered(gate: dict[str, Any] | None, model_id: str, run_id: str, epoch: int) -> dict[str, Any] | None:
-    """The gate's stored messages when they are the decision of this model, run and epoch."""
-    pending = (gate or {}).get(PENDING)
-    if pending and pending.get("decision_id") == decision_id(model_id, run_id, epoch):
-        return pending
-    return None
-
-
-def pending_messages(pending: dict[str, Any]) -> tuple[bytes, bytes | None]:
-    """The encoded DecisionRecord and AdaptationCommand (None for WAIT) of ``undelivered``."""
-    command = pending.get("command")
-    return base64.b64decode(pending["record"]), base64.b64decode(command) if command else None
+    return dict(gate)
 
 
 def unapplied_commands(commanded: dict[str, list], aggregates: dict[str, dict]) -> dict[str, list]:

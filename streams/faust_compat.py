@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable, Iterator
+from typing import Any, Iterator
 
 from faust import streams as _faust_streams
 
@@ -45,32 +45,6 @@ class PartitionEvent:
 
     def __init__(self, topic: str, partition: int) -> None:
         self.message = _Origin(topic, partition)
-
-
-def set_confirmed(table: Any, key: Any, value: Any) -> Awaitable[Any] | None:
-    """``table[key] = value``; returns what resolves once Kafka acknowledged the write's changelog
-    record (Faust's ``FutureMessage``), or None for a table that has no changelog.
-
-    Faust sends the changelog record from inside ``__setitem__`` and drops its future: it is taken
-    from ``send_changelog``, shadowed on the instance for the duration of the write.
-    """
-    send = getattr(table, "send_changelog", None)
-    if send is None:
-        table[key] = value
-        return None
-    sent: list[Any] = []
-
-    def keep(*args: Any, **kwargs: Any) -> Any:
-        future = send(*args, **kwargs)
-        sent.append(future)
-        return future
-
-    table.send_changelog = keep
-    try:
-        table[key] = value
-    finally:
-        del table.send_changelog
-    return sent[-1] if sent else None
 
 
 def active_partitions(app: Any, topic: str) -> set[int]:

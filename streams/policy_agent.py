@@ -17,10 +17,9 @@ from streams import window_close
 from streams.archive import archive, provenance
 from streams.context import WorkerContext
 from streams.deadletter import send_dead_letter
-from streams.decisions import (PENDING, DueModel, decide, forget_rejected, gate_config, last_decided_epoch,
-                               pending_messages, prepare, undelivered, with_pending)
+from streams.decisions import DueModel, decide, forget_rejected, gate_config, last_decided_epoch, prepare
 from streams.faust_compat import (PartitionEvent, active_partitions, as_current, highwater_and_committed, hold_commit,
-                                  release_commit, set_confirmed, tables_settled)
+                                  release_commit, tables_settled)
 from streams.intake import Accepted, accept, from_faust_event
 from streams.outbox import Outbox
 from streams.resilience import process_safely
@@ -154,7 +153,6 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
         ctx.counters.skipped_no_topology += len(finished)
         log.warning("%d epoch outcomes expired without a topology; not decided", len(finished))
     due: dict[str, tuple[DueModel, Any]] = {}
-    resend: dict[str, dict] = {}
     for record, event, deadline, waited, held in items:
         model_id = record["model_id"]
         if not has_topology_for(ctx, record):
@@ -171,18 +169,14 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
             ctx.counters.signal_waits += 1
             _hold(event, held)
             continue
-        stored = undelivered(ctx.gate_state.get(model_id), model_id, record["run_id"], record["epoch"])
-        if stored is not None and stored["decision_id"] not in ctx.delivered:
-            resend[model_id] = stored  # decided before a crash: send what was decided, not a new decision
         item = _prepare(ctx, record, cfg, due.get(model_id))
         if item is not None:
             due[model_id] = (item, event)  # an earlier epoch of the model is settled by this decision
-        if item is not None or model_id in resend:
             deciding += [(record, event)] if held else []
         else:
             finished += [event] if held else []
     try:
-        await _send_decisions(ctx, outbox, due, cfg, started, resend)
+        await _send_decisions(ctx, outbox, due, cfg, started)
     except BaseException:
         # Held outcomes taken out of parking for this call are not in the batch the caller retries:
         # park them again (their model has a topology, so the next call takes them out at once).
@@ -227,48 +221,27 @@ def _signals_arrived(ctx: WorkerContext, outcome: dict) -> bool:
 
 
 async def _send_decisions(ctx: WorkerContext, outbox: Outbox, due: dict[str, tuple[DueModel, Any]],
-                          cfg: Any, started: float, resend: dict[str, dict] | None = None) -> None:
-    """Decide ``due`` and deliver each decision's record and command; first send ``resend`` again
-    (model id -> a gate state's stored messages, see ``streams.decisions.with_pending``).
-
-    Each gate state, holding the decision's encoded messages, is in Kafka (the table's changelog)
-    before the messages are sent. A crash before that re-decides the epoch: nothing of it had left.
-    A crash after it leaves the epoch decided, and reading its outcome again sends the same bytes
-    again: a decision id never stands for two different decisions.
-    """
+                          cfg: Any, started: float) -> None:
     topics = ctx.settings.topics
-    for model_id, stored in (resend or {}).items():
-        record, command = pending_messages(stored)
-        await outbox.send(topics.experience, model_id.encode(), record, provenance("DecisionRecord"))
-        if command is not None:
-            await outbox.send(topics.commands, model_id.encode(), command)
-        ctx.counters.decisions_resent += 1
-    made = []
-    if due:
-        serving = ctx.policy.serving
-        made = decide([d for d, _ in due.values()], serving.model, serving.version, cfg)
-        encoded = [(encode("DecisionRecord", decision.record),
-                    encode("AdaptationCommand", decision.command) if decision.command is not None else None)
-                   for decision in made]
-        confirmations = []
-        for decision, (record, command), (_, event) in zip(made, encoded, due.values()):
-            with as_current(event):
-                confirmations.append(set_confirmed(ctx.gate_state, decision.record["model_id"],
-                                                   with_pending(decision.gate, decision.record, record, command)))
-        await asyncio.gather(*(c for c in confirmations if c is not None))  # the gate states are in Kafka
-        for decision, (record, command) in zip(made, encoded):
-            key = decision.record["model_id"].encode()
-            await outbox.send(topics.experience, key, record, provenance("DecisionRecord"))
-            ctx.counters.decisions += 1
-            if command is not None:
-                await outbox.send(topics.commands, key, command)
-                ctx.counters.commands_sent += 1
-    await outbox.flush()
-    for stored in (resend or {}).values():
-        ctx.delivered.add(stored["decision_id"])
+    if not due:
+        return
+    serving = ctx.policy.serving
+    made = decide([d for d, _ in due.values()], serving.model, serving.version, cfg)
     for decision in made:
-        ctx.delivered.add(decision.record["decision_id"])
-    if ctx.metrics is not None and made:
+        key = decision.record["model_id"].encode()
+        await outbox.send(topics.experience, key, encode("DecisionRecord", decision.record),
+                          provenance("DecisionRecord"))
+        ctx.counters.decisions += 1
+        if decision.command is not None:
+            await outbox.send(topics.commands, key, encode("AdaptationCommand", decision.command))
+            ctx.counters.commands_sent += 1
+    await outbox.flush()
+    # Gate state is written only after the decision and command are delivered: a crash before
+    # this point re-decides the epoch (same decision id), a crash after it never re-sends.
+    for decision, (_, event) in zip(made, due.values()):
+        with as_current(event):
+            ctx.gate_state[decision.record["model_id"]] = decision.gate
+    if ctx.metrics is not None:
         now = time.time()
         since = [now - stamp for _, event in due.values() if (stamp := _record_time(event)) is not None]
         ctx.metrics.observe_decisions(len(made), time.perf_counter() - started, serving.version, since)
@@ -280,9 +253,9 @@ def _record_time(event: Any) -> float | None:
     return float(stamp) if isinstance(stamp, (int, float)) and stamp > 0 else None
 
 
-def _prepare(ctx: WorkerContext, outcome: dict, cfg: Any, earlier: tuple | None) -> DueModel | None:
+def _prepare(ctx: WorkerContext, outcome: dict, cfg: Any, pending: tuple | None) -> DueModel | None:
     model_id = outcome["model_id"]
-    gate = earlier[0].gate if earlier else ctx.gate_state.get(model_id)
+    gate = pending[0].gate if pending else ctx.gate_state.get(model_id)
     windows = _window_and_previous(ctx, model_id, outcome["timestamp_ms"] / 1000.0)
     return prepare(outcome, ctx.topologies[model_id], windows, gate, cfg)
 
@@ -355,17 +328,8 @@ async def decide_on_window_close(app: faust.App, ctx: WorkerContext, outbox: Out
             caught_up.add(p)
     waiting = set(ctx.parked_outcomes.models()) | set(ctx.waiting_for_signals.models())
 
-    resend: dict[str, dict] = {}
-
     def decided(model_id: str, run_id: str) -> int:
-        gate = ctx.gate_state.get(model_id)
-        # A window-close decision has no outcome to be read again: its stored messages, when this
-        # process has not delivered them (a crash came between the gate write and the send), go now.
-        stored = (gate or {}).get(PENDING)
-        if (stored and stored.get("trigger") == window_close.TRIGGER and stored["decision_id"] not in ctx.delivered
-                and model_partition(model_id, settings.partitions) in owned):
-            resend[model_id] = stored
-        return last_decided_epoch(gate, run_id)
+        return last_decided_epoch(ctx.gate_state.get(model_id), run_id)
 
     cfg = gate_config(settings)
     due: dict[str, tuple[DueModel, Any]] = {}
@@ -389,8 +353,7 @@ async def decide_on_window_close(app: faust.App, ctx: WorkerContext, outbox: Out
         log.info("window closed without an EpochOutcome: deciding %s",
                  ", ".join(f"{m} epoch {d.outcome['epoch']}" for m, (d, _) in list(due.items())[:5]) +
                  (f" and {len(due) - 5} more" if len(due) > 5 else ""))
-    if due or resend:
-        await _send_decisions(ctx, outbox, due, cfg, started, resend)
+        await _send_decisions(ctx, outbox, due, cfg, started)
         ctx.counters.window_close_decisions += len(due)
     return len(due), put_off
 

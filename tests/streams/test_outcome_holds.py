@@ -24,7 +24,6 @@ def ctx(monkeypatch: pytest.MonkeyPatch) -> WorkerContext:
     (this is the bookkeeping around them, the real path runs in the Kafka tests)."""
     ctx = WorkerContext(settings=Settings.from_env(bootstrap_servers="127.0.0.1:1", topic_prefix="t"))
     ctx.topologies = {"m": {"run_id": "r"}}
-    ctx.gate_state = {}
     monkeypatch.setattr(policy_agent, "_signals_arrived", lambda ctx, record: True)
     monkeypatch.setattr(policy_agent, "_prepare",
                         lambda ctx, record, cfg, pending: SimpleNamespace(outcome=record))
@@ -35,7 +34,7 @@ def test_a_parked_outcome_is_released_only_after_its_decision_was_sent(ctx, monk
     sent: list[list[str]] = []
     failing = [True]
 
-    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float, resend: Any = None) -> None:
+    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float) -> None:
         if failing[0]:
             raise RuntimeError("broker gone")
         sent.append([d.outcome["epoch"] for d, _ in due.values()])
@@ -62,7 +61,7 @@ def test_a_parked_outcome_is_released_only_after_its_decision_was_sent(ctx, monk
 
 
 def test_an_outcome_without_topology_is_held_until_it_expires(ctx, monkeypatch) -> None:
-    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float, resend: Any = None) -> None:
+    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float) -> None:
         assert not due  # a model without topology is never decided
 
     monkeypatch.setattr(policy_agent, "_send_decisions", send)
@@ -79,7 +78,7 @@ def test_an_outcome_without_topology_is_held_until_it_expires(ctx, monkeypatch) 
 
 
 def test_an_outcome_of_a_superseded_run_is_released_undecided(ctx, monkeypatch) -> None:
-    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float, resend: Any = None) -> None:
+    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float) -> None:
         assert not due  # the model moved on to run r2: nothing to decide for r
 
     monkeypatch.setattr(policy_agent, "_send_decisions", send)
