@@ -481,6 +481,7 @@ class Audit:
     distinct_decisions: int
     conflicting_decisions: int
     lost_examples: list[str]
+    conflicting_examples: list[str]  # "decision id: action indices" of the first conflicting ones
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -516,8 +517,10 @@ def audit(observer: Observer, settings: Settings, bad: dict[Pos, str] | None = N
         dups = sum(max(0, observer.archived_count(p) - 1) for p in scan.all_positions())
         wrongly = sum(1 for p in observer.dead if p not in bad)
         by_id: dict[str, set[int]] = defaultdict(set)
+        where: dict[str, str] = {}
         for d in observer.decisions:
             by_id[d.decision_id].add(d.action_index)
+            where.setdefault(d.decision_id, f"{d.model_id}/{d.run_id}/{d.epoch}")
         commands = sum(len(v) for v in observer.commands.values())
         dead_ok = sum(1 for p in bad if p in observer.dead)
         decisions = observer.decision_count
@@ -538,6 +541,8 @@ def audit(observer: Observer, settings: Settings, bad: dict[Pos, str] | None = N
         distinct_decisions=len(by_id),
         conflicting_decisions=sum(1 for v in by_id.values() if len(v) > 1),
         lost_examples=[f"{t}/{p}/{o}" for t, p, o in lost[:10]],
+        conflicting_examples=[f"{did} ({where[did]}): actions {sorted(actions)}"
+                              for did, actions in by_id.items() if len(actions) > 1][:10],
     )
     return result, scan
 

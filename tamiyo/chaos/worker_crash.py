@@ -253,6 +253,7 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "decisions": result.decisions,
         "distinct_decisions": result.distinct_decisions,
         "redecided_after_crash": len(ids) - len(set(ids)),
+        "conflicting_redecisions": result.conflicting_examples,
         "commands": result.commands,
         "commands_applied": result.applied,
         "command_outcome_statuses": result.outcome_statuses,
