@@ -8,6 +8,12 @@ Reward of a decision made after epoch ``e`` (the README documents it):
 When the outcome never arrives because the host died (no record of the run for ``dead_after_s``
 before the end of the data), the decision gets ``default_reward`` and the episode ends there.
 Decisions whose outcome simply has not happened yet (the run is still live) are left out.
+
+A decision id can have DecisionRecords with different actions: a worker that crashed after
+delivering a decision but before its gate state was saved decides that epoch again from windows
+that moved on (see the README's Reliability section). Hosts handle only the first AdaptationCommand
+of an id, so the record kept is the one that command came from (a WAIT record when no command was
+sent): the logged action is the one the host saw (:func:`handled_record`).
 """
 
 from __future__ import annotations
@@ -100,19 +106,49 @@ class Episode:
     command_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     final_epoch: int | None = None
     last_seen_ms: int = 0
+    # decision id -> the DecisionRecords of that id whose action differs from the first one's
+    redecided: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 # The record types an episode is built from; replay can skip the rest (mostly health telemetry) undecoded.
-EPISODE_TYPES = frozenset({"DecisionRecord", "EpochOutcome", "CommandOutcome"})
+# AdaptationCommands (archived in commands-topic order) tell which of differing re-decisions a host handled.
+EPISODE_TYPES = frozenset({"DecisionRecord", "EpochOutcome", "CommandOutcome", "AdaptationCommand"})
+_ACTION_FIELDS = ("action", "layer_name", "seed_index", "kernel")
+
+
+def same_action(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two DecisionRecords (or a record and an AdaptationCommand) name the same action."""
+    return all(a.get(name) == b.get(name) for name in _ACTION_FIELDS)
+
+
+def handled_record(candidates: list[dict[str, Any]], command: dict[str, Any] | None) -> dict[str, Any]:
+    """Of differing DecisionRecords of one decision id (in archive order), the one a host acted on.
+
+    ``command`` is the id's first archived AdaptationCommand: hosts handle the first command of an
+    id and answer DUPLICATE to the rest. The record whose action it carries is kept; without a
+    command (nothing was sent, or it was lost with its worker) the first WAIT record is; when
+    nothing matches, the first record.
+    """
+    for record in candidates:
+        if command is not None and same_action(record, command):
+            return record
+        if command is None and record.get("action") == "WAIT":
+            return record
+    return candidates[0]
 
 
 def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Episode]:
-    """Group by (model_id, run_id); duplicates from at-least-once delivery are dropped by id/epoch."""
+    """Group by (model_id, run_id); duplicates from at-least-once delivery are dropped by id/epoch,
+    and of differing records of one decision id the one a host handled is kept (``handled_record``)."""
     episodes: dict[tuple[str, str], Episode] = {}
     runs_of_decision: dict[str, tuple[str, str]] = {}
     pending_outcomes: list[ExperienceRecord] = []
+    first_commands: dict[str, dict[str, Any]] = {}
     for rec in records:
         name, value = rec.name, rec.value
+        if name == "AdaptationCommand":
+            first_commands.setdefault(value["decision_id"], value)
+            continue
         if name not in EPISODE_TYPES:
             continue
         key = (value["model_id"], value["run_id"])
@@ -122,7 +158,9 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
         if rec.timestamp_ms > episode.last_seen_ms:
             episode.last_seen_ms = rec.timestamp_ms
         if name == "DecisionRecord":
-            episode.decisions.setdefault(value["decision_id"], value)
+            first = episode.decisions.setdefault(value["decision_id"], value)
+            if first is not value and not same_action(first, value):
+                episode.redecided.setdefault(value["decision_id"], []).append(value)
             runs_of_decision[value["decision_id"]] = key
         elif name == "EpochOutcome":
             episode.epochs.setdefault(value["epoch"], value)
@@ -134,6 +172,9 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
         key = runs_of_decision.get(rec.value["decision_id"], (rec.value["model_id"], rec.value["run_id"]))
         if key in episodes:
             episodes[key].command_outcomes.setdefault(rec.value["decision_id"], rec.value)
+    for episode in episodes.values():
+        for did, others in episode.redecided.items():
+            episode.decisions[did] = handled_record([episode.decisions[did], *others], first_commands.get(did))
     return episodes
 
 

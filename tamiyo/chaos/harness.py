@@ -309,7 +309,8 @@ class Observer(threading.Thread):
     * archived: per (topic, partition) a bytearray of how often each input offset was archived;
     * types: experience records by ``tamiyo.type`` header; decisions (decoded DecisionRecords);
     * dead letters by their (source_topic, partition, offset), with kind and reason;
-    * commands topic offsets (each must be archived too).
+    * commands topic offsets (each must be archived too), and each decision id's first command
+      (the one hosts handle).
     """
 
     def __init__(self, settings: Settings, keep_decisions: bool = True) -> None:
@@ -324,6 +325,7 @@ class Observer(threading.Thread):
         self.dead: dict[Pos, dict[str, Any]] = {}
         self.dead_letters = 0
         self.commands: dict[int, list[int]] = defaultdict(list)
+        self.first_commands: dict[str, dict[str, Any]] = {}
         self.last_progress = time.monotonic()
         self.experience_seen = 0
         self._halt = threading.Event()
@@ -389,6 +391,12 @@ class Observer(threading.Thread):
             entry["copies"] += 1
         else:
             self.commands[message.partition()].append(message.offset())
+            try:
+                decoded = decode(message.value())
+            except Exception:  # poison on the commands topic: dead-lettered, never handled by a host
+                return
+            if decoded.name == "AdaptationCommand":
+                self.first_commands.setdefault(decoded.value["decision_id"], decoded.value)
 
     def start(self) -> None:
         super().start()
@@ -482,6 +490,7 @@ class Audit:
     conflicting_decisions: int
     lost_examples: list[str]
     conflicting_examples: list[str]  # "decision id: action indices" of the first conflicting ones
+    conflicting_ids: list[str]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -543,6 +552,7 @@ def audit(observer: Observer, settings: Settings, bad: dict[Pos, str] | None = N
         lost_examples=[f"{t}/{p}/{o}" for t, p, o in lost[:10]],
         conflicting_examples=[f"{did} ({where[did]}): actions {sorted(actions)}"
                               for did, actions in by_id.items() if len(actions) > 1][:10],
+        conflicting_ids=[did for did, actions in by_id.items() if len(actions) > 1],
     )
     return result, scan
 

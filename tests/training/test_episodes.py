@@ -137,6 +137,42 @@ def test_records_of_other_types_are_ignored_and_outcomes_find_their_run() -> Non
     assert len(steps) == 9
 
 
+def command(record: dict) -> dict:
+    """The AdaptationCommand a worker sends for a GERMINATE DecisionRecord."""
+    return {"decision_id": record["decision_id"], "model_id": record["model_id"], "epoch": record["epoch"],
+            "timestamp_ms": record["timestamp_ms"], "action": "GERMINATE", "layer_name": record["layer_name"],
+            "seed_index": record["seed_index"], "kernel": record["kernel"],
+            "policy_version": record["policy_version"], "probability": record["propensity"]}
+
+
+def redecided(first: dict, second: dict, sent: list[dict]) -> dict:
+    """The record replay keeps for epoch 0 of model m, decided twice (``first`` then ``second``)
+    with ``sent`` archived AdaptationCommands, in that order."""
+    items = [("EpochOutcome", epoch_outcome("m", 0, 1, 1.0)), ("DecisionRecord", first),
+             *(("AdaptationCommand", c) for c in sent), ("DecisionRecord", second),
+             ("EpochOutcome", epoch_outcome("m", 1, 3, 0.8, final=True))]
+    (step,) = [t for t in transitions(group_episodes(as_records(items)), RewardConfig(horizon=1), 10) if t.epoch == 0]
+    kept = group_episodes(as_records(items))["m", "run-1"].decisions["m-d0"]
+    assert step.action == kept["action_index"] and step.propensity == kept["propensity"]
+    return kept
+
+
+def test_of_differing_redecisions_replay_keeps_the_one_the_host_handled() -> None:
+    wait = decision("m", 0, 1, action=0)
+    germinate = decision("m", 0, 2, action=1)
+    other = decision("m", 0, 2, action=2) | {"kernel": "mlp_wide"}
+    # A worker crashed after its decision; the re-decision differs. Hosts handle the first command of an id.
+    assert redecided(wait, germinate, [command(germinate)]) is germinate  # the WAIT was never applied
+    assert redecided(germinate, wait, [command(germinate)]) is germinate
+    assert redecided(germinate, other, [command(germinate), command(other)]) is germinate
+    assert redecided(germinate, other, [command(other), command(germinate)]) is other  # first command lost
+    assert redecided(germinate, wait, []) is wait  # no command reached the commands topic
+    assert redecided(germinate, other, []) is germinate  # nothing matches: the first record
+    # identical re-decisions (the usual at-least-once duplicate) keep the first record, as before
+    again = dict(germinate, timestamp_ms=5)
+    assert redecided(germinate, again, [command(again)]) is germinate
+
+
 def produce_scenario(settings, typed: bool):  # type: ignore[no-untyped-def]
     """The scenario's records on the experience topic (with the archive's type header when ``typed``)."""
     from schemas import encode
