@@ -91,7 +91,7 @@ def cmd_replay(settings: Settings, start: int | None = None, end: int | None = N
 
     import numpy as np
 
-    from training.episodes import RewardConfig, group_episodes, transitions
+    from training.episodes import RewardConfig, group_episodes, redecided_ids, transitions
     from training.replay import replay
 
     reward = reward or RewardConfig()
@@ -114,6 +114,7 @@ def cmd_replay(settings: Settings, start: int | None = None, end: int | None = N
         "dead": dead,
         "live": len(episodes) - finished - dead,
         "decisions": decisions,
+        "redecided": redecided_ids(episodes),  # ids decided twice, differently: the handled record is kept
         "transitions": len(steps),
         "excluded_pending": decisions - len(steps),
         "imputed_rewards": sum(t.imputed for t in steps),

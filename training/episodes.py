@@ -178,6 +178,11 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
     return episodes
 
 
+def redecided_ids(episodes: dict[tuple[str, str], Episode]) -> int:
+    """How many decision ids had records with different actions (resolved by ``handled_record``)."""
+    return sum(len(episode.redecided) for episode in episodes.values())
+
+
 def transitions(episodes: dict[tuple[str, str], Episode], cfg: RewardConfig, data_end_ms: int) -> list[Transition]:
     """Every decision with a known (or imputed) reward, in episode order."""
     kept: list[tuple[Episode, dict, float, bool, bool]] = []

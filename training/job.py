@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tamiyo.config import Settings
-from training.episodes import EPISODE_TYPES, RewardConfig, Transition, group_episodes, transitions
+from training.episodes import EPISODE_TYPES, RewardConfig, Transition, group_episodes, redecided_ids, transitions
 from training.gate import GateConfig, GateVerdict, judge
 from training.ope import OPEReport
 from training.registry import PolicyRegistry, configure_client_env, ensure_experiment
@@ -157,7 +157,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         steps = transitions(episodes, cfg.reward_config(), data_end_ms)
     log.info("replayed %d records: %d episodes, %d transitions", len(records), len(episodes), len(steps))
     data_window = window.as_dict() | {"episodes": len(episodes), "transitions": len(steps),
-                                      "data_end_ms": data_end_ms}
+                                      "redecided_ids": redecided_ids(episodes), "data_end_ms": data_end_ms}
     result = train_on_transitions(settings, cfg, steps, data_window)
     result.seconds["replay"] = time.perf_counter() - t0 - sum(result.seconds.values())
     return result

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from training.episodes import RewardConfig, group_episodes, transitions
+from training.episodes import RewardConfig, group_episodes, redecided_ids, same_action, transitions
 from training.replay import ExperienceRecord
 
 CFG = RewardConfig(horizon=2, parameter_cost=1e-4, default_reward=-0.05, dead_after_s=120.0)
@@ -152,7 +152,9 @@ def redecided(first: dict, second: dict, sent: list[dict]) -> dict:
              *(("AdaptationCommand", c) for c in sent), ("DecisionRecord", second),
              ("EpochOutcome", epoch_outcome("m", 1, 3, 0.8, final=True))]
     (step,) = [t for t in transitions(group_episodes(as_records(items)), RewardConfig(horizon=1), 10) if t.epoch == 0]
-    kept = group_episodes(as_records(items))["m", "run-1"].decisions["m-d0"]
+    episodes = group_episodes(as_records(items))
+    kept = episodes["m", "run-1"].decisions["m-d0"]
+    assert redecided_ids(episodes) == (0 if same_action(first, second) else 1)
     assert step.action == kept["action_index"] and step.propensity == kept["propensity"]
     return kept
 
