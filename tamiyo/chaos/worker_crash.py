@@ -15,9 +15,9 @@ Checks: every valid input (fleet and parked signals) is on the experience topic,
 archived, no decision id is APPLIED twice (CommandOutcome statuses on the outcomes topic), of a
 decision re-made differently after a crash replay keeps the one the host handled (its first
 command; ``training.episodes.handled_record``), the cooldown gate held across crashes (gate_state
-recovered), and decisions resume for every model. Re-decisions that differ are counted, not failed:
-they are the open problem the README's Reliability section describes. Recovery: kill → first new decision for a model whose
-partition the killed worker owned (and → every such model decided again).
+recovered), and decisions resume for every model. Re-decisions that differ are counted, not failed
+(the README's Reliability section says why they happen). Recovery: kill → first new decision for a
+model whose partition the killed worker owned (and → every such model decided again).
 
 Workers run as ``tamiyo.chaos.traced_worker``: a trace of Faust's offset bookkeeping explains any
 lost input (``lost_explained``) and shows whether Faust acked offsets it never delivered to an agent
