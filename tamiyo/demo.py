@@ -276,10 +276,11 @@ def _learn_and_swap(settings: Settings, options: DemoOptions, tally: Tally,
 
 def _rewards_by_phase(settings: Settings, start: dict[int, int], learning: dict[str, Any]) -> dict[str, Any]:
     """Mean decision reward (see training.episodes) before and after the swap, from the topic."""
-    from training.episodes import EPISODE_TYPES, RewardConfig, group_episodes, transitions
+    from training.episodes import COMMANDS_UNDECODED, EPISODE_TYPES, RewardConfig, group_episodes, transitions
     from training.replay import replay
 
-    records, _ = replay(settings, start_offsets=start, progress=False, types=EPISODE_TYPES)
+    records, _ = replay(settings, start_offsets=start, progress=False, types=EPISODE_TYPES,
+                        undecoded=COMMANDS_UNDECODED)
     decided = [r for r in records if r.name == "DecisionRecord"]
     versions: list[str] = []
     for record in sorted(decided, key=lambda r: r.value["timestamp_ms"]):

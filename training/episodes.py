@@ -18,12 +18,16 @@ sent): the logged action is the one the host saw (:func:`handled_record`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from schemas import DecodeError
 from training.replay import ExperienceRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,10 @@ class Episode:
 
 
 # The record types an episode is built from; replay can skip the rest (mostly health telemetry) undecoded.
-# AdaptationCommands (archived in commands-topic order) tell which of differing re-decisions a host handled.
+# AdaptationCommands (archived in commands-topic order) tell which of differing re-decisions a host
+# handled; they are decoded only when some decision id has such records (COMMANDS_UNDECODED).
 EPISODE_TYPES = frozenset({"DecisionRecord", "EpochOutcome", "CommandOutcome", "AdaptationCommand"})
+COMMANDS_UNDECODED = frozenset({"AdaptationCommand"})
 _ACTION_FIELDS = ("action", "layer_name", "seed_index", "kernel")
 
 
@@ -143,11 +149,11 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
     episodes: dict[tuple[str, str], Episode] = {}
     runs_of_decision: dict[str, tuple[str, str]] = {}
     pending_outcomes: list[ExperienceRecord] = []
-    first_commands: dict[str, dict[str, Any]] = {}
+    commands: list[ExperienceRecord] = []
     for rec in records:
         name, value = rec.name, rec.value
         if name == "AdaptationCommand":
-            first_commands.setdefault(value["decision_id"], value)
+            commands.append(rec)
             continue
         if name not in EPISODE_TYPES:
             continue
@@ -172,10 +178,25 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
         key = runs_of_decision.get(rec.value["decision_id"], (rec.value["model_id"], rec.value["run_id"]))
         if key in episodes:
             episodes[key].command_outcomes.setdefault(rec.value["decision_id"], rec.value)
-    for episode in episodes.values():
-        for did, others in episode.redecided.items():
-            episode.decisions[did] = handled_record([episode.decisions[did], *others], first_commands.get(did))
+    if any(episode.redecided for episode in episodes.values()):
+        first_commands = _first_commands(commands)
+        for episode in episodes.values():
+            for did, others in episode.redecided.items():
+                episode.decisions[did] = handled_record([episode.decisions[did], *others], first_commands.get(did))
     return episodes
+
+
+def _first_commands(commands: list[ExperienceRecord]) -> dict[str, dict[str, Any]]:
+    """Each decision id's first AdaptationCommand (decoding those replay left undecoded)."""
+    first: dict[str, dict[str, Any]] = {}
+    for rec in commands:
+        try:
+            value = rec.decoded()
+        except DecodeError as exc:
+            log.warning("undecodable AdaptationCommand at %d/%d: %s", rec.partition, rec.offset, exc)
+            continue
+        first.setdefault(value["decision_id"], value)
+    return first
 
 
 def redecided_ids(episodes: dict[tuple[str, str], Episode]) -> int:

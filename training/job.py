@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tamiyo.config import Settings
-from training.episodes import EPISODE_TYPES, RewardConfig, Transition, group_episodes, redecided_ids, transitions
+from training.episodes import (COMMANDS_UNDECODED, EPISODE_TYPES, RewardConfig, Transition, group_episodes,
+                               redecided_ids, transitions)
 from training.gate import GateConfig, GateVerdict, judge
 from training.ope import OPEReport
 from training.registry import PolicyRegistry, configure_client_env, ensure_experiment
@@ -150,7 +151,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     with gc_paused():
         records, window = replay(settings, start_ms=cfg.start_ms, end_ms=cfg.end_ms,
                                  start_offsets=cfg.start_offsets, end_offsets=cfg.end_offsets, progress=cfg.progress,
-                                 types=EPISODE_TYPES)
+                                 types=EPISODE_TYPES, undecoded=COMMANDS_UNDECODED)
         episodes = group_episodes(records)
         # "Dead" hosts are judged against the end of the data: the window's end, else now.
         data_end_ms = cfg.end_ms if cfg.end_ms is not None else int(time.time() * 1000)

@@ -31,10 +31,17 @@ class ExperienceRecord:
     ``schemas.numeric_arrays``."""
 
     name: str
-    value: dict[str, Any]
+    value: dict[str, Any] | None  # None: left undecoded (replay's ``undecoded``); ``decoded()`` reads ``raw``
     partition: int
     offset: int
     timestamp_ms: int
+    raw: bytes | None = None
+
+    def decoded(self) -> dict[str, Any]:
+        """The record's fields, decoding ``raw`` first when replay left the record undecoded."""
+        if self.value is None:
+            self.value = decode_arrays(self.raw)[1]
+        return self.value
 
 
 @dataclass
@@ -90,8 +97,12 @@ def replay(
     end_offsets: dict[int, int] | None = None,
     progress: bool = True,
     types: Collection[str] | None = None,
+    undecoded: Collection[str] = (),
 ) -> tuple[list[ExperienceRecord], DataWindow]:
     """Decode every experience record in the window (only those of ``types`` when given).
+
+    Records of ``undecoded`` types that name their schema (single-object encoding) are returned
+    with ``value`` None and their bytes in ``raw``, for a caller that needs few of them decoded.
 
     Times are also checked per record, because brokers answer time lookups coarsely (Tansu by write
     time, not record time). With ``types``, a record of another type is counted in ``DataWindow.skipped``
@@ -111,6 +122,7 @@ def replay(
         # record's headers. Other values (Confluent-framed, unknown) are judged by the type header.
         by_header = registry().by_header
         timed = start_ms is not None or end_ms is not None
+        lazy = frozenset(undecoded)
         records: list[ExperienceRecord] = []
         with tqdm(total=total, unit="rec", desc="replay", disable=not progress, leave=False) as bar, gc_paused():
             skipped = 0
@@ -126,6 +138,10 @@ def replay(
                     if kinds is not None and not (known.name in kinds if known is not None
                                                   else _wanted(message.headers(), wanted)):
                         skipped += 1
+                        continue
+                    if known is not None and known.name in lazy:
+                        records.append(ExperienceRecord(known.name, None, message.partition(), message.offset(),
+                                                        message.timestamp()[1], data))
                         continue
                     try:
                         name, value = ((known.name, read_arrays(known, data, HEADER_SIZE)) if known is not None

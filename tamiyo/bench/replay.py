@@ -8,7 +8,8 @@ CommandOutcome; a ModelTopology per run.
 
 One measurement is what ``training.job.train`` does: ``training.replay.replay`` (read every record,
 decode those an episode is built from; HealthBatches are skipped by the schema their value's
-single-object header names)
+single-object header names, and AdaptationCommands are kept as bytes: group_episodes decodes them
+only when a decision id has records with different actions)
 → ``group_episodes`` → ``transitions`` → ``TransitionDataset.from_transitions`` → every row collated
 into batches of 1024 (the tensors a learner consumes). The figure is experience records read per
 second over all of it (after one unreported warm-up pass); ``decoded_per_s`` beside it counts only
@@ -104,13 +105,13 @@ def fill_experience(settings: Any, records: list[Archived]) -> None:
 def replay_to_tensors(settings: Any) -> dict[str, float]:
     """One pass; returns seconds per stage and counts."""
     from training.dataset import TransitionDataset
-    from training.episodes import EPISODE_TYPES, RewardConfig, group_episodes, transitions
+    from training.episodes import COMMANDS_UNDECODED, EPISODE_TYPES, RewardConfig, group_episodes, transitions
     from training.replay import gc_paused, replay
 
     c0 = time.process_time()
     with gc_paused():  # as training.job.train does
         t0 = time.perf_counter()
-        records, window = replay(settings, progress=False, types=EPISODE_TYPES)
+        records, window = replay(settings, progress=False, types=EPISODE_TYPES, undecoded=COMMANDS_UNDECODED)
         t1 = time.perf_counter()
         episodes = group_episodes(records)
         steps = transitions(episodes, RewardConfig(), int(time.time() * 1000))
@@ -118,7 +119,8 @@ def replay_to_tensors(settings: Any) -> dict[str, float]:
         data = TransitionDataset.from_transitions(steps)
     tensors = sum(len(batch) for batch in data.batches(1024))
     t3 = time.perf_counter()
-    return {"records": len(records) + window.skipped, "decoded": len(records), "transitions": len(steps),
+    decoded = sum(1 for record in records if record.value is not None)  # AdaptationCommands stay bytes
+    return {"records": len(records) + window.skipped, "decoded": decoded, "transitions": len(steps),
             "rows": tensors, "undecodable": window.undecodable, "cpu_s": time.process_time() - c0,
             "read_decode_s": t1 - t0, "episodes_s": t2 - t1, "tensors_s": t3 - t2, "total_s": t3 - t0}
 
@@ -162,5 +164,5 @@ def bench_replay(env: BenchEnv, results: Results, cfg: ReplayConfig) -> None:
                 seconds={k: round(v, 3) for k, v in stages[mid].items() if k.endswith("_s")},
                 decode_only_per_s=round(decode_only_rate(records)), decoded_per_s=round(decoded[mid]),
                 per_cpu_second=round(cpu_rates[mid]),
-                path="replay(types=EPISODE_TYPES) from Kafka + group_episodes + transitions + TransitionDataset"
-                     " + collate(1024)")
+                path="replay(types=EPISODE_TYPES, undecoded=COMMANDS_UNDECODED) from Kafka + group_episodes"
+                     " + transitions + TransitionDataset + collate(1024)")

@@ -72,10 +72,10 @@ def redecisions_not_as_handled(settings: Settings, conflicting: list[str],
     is not the action hosts handled: the id's first command on the commands topic, WAIT without one."""
     if not conflicting:
         return []
-    from training.episodes import EPISODE_TYPES, group_episodes, same_action
+    from training.episodes import COMMANDS_UNDECODED, EPISODE_TYPES, group_episodes, same_action
     from training.replay import replay
 
-    records, _ = replay(settings, progress=False, types=EPISODE_TYPES)
+    records, _ = replay(settings, progress=False, types=EPISODE_TYPES, undecoded=COMMANDS_UNDECODED)
     kept = {did: record for episode in group_episodes(records).values() for did, record in episode.decisions.items()}
     wrong = []
     for did in conflicting:

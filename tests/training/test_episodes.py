@@ -147,12 +147,16 @@ def command(record: dict) -> dict:
 
 def redecided(first: dict, second: dict, sent: list[dict]) -> dict:
     """The record replay keeps for epoch 0 of model m, decided twice (``first`` then ``second``)
-    with ``sent`` archived AdaptationCommands, in that order."""
+    with ``sent`` archived AdaptationCommands, in that order (left undecoded, as replay leaves them)."""
+    from schemas import encode
+
     items = [("EpochOutcome", epoch_outcome("m", 0, 1, 1.0)), ("DecisionRecord", first),
              *(("AdaptationCommand", c) for c in sent), ("DecisionRecord", second),
              ("EpochOutcome", epoch_outcome("m", 1, 3, 0.8, final=True))]
-    (step,) = [t for t in transitions(group_episodes(as_records(items)), RewardConfig(horizon=1), 10) if t.epoch == 0]
-    episodes = group_episodes(as_records(items))
+    records = [ExperienceRecord(r.name, None, 0, r.offset, r.timestamp_ms, encode(r.name, r.value))
+               if r.name == "AdaptationCommand" else r for r in as_records(items)]
+    (step,) = [t for t in transitions(group_episodes(records), RewardConfig(horizon=1), 10) if t.epoch == 0]
+    episodes = group_episodes(records)
     kept = episodes["m", "run-1"].decisions["m-d0"]
     assert redecided_ids(episodes) == (0 if same_action(first, second) else 1)
     assert step.action == kept["action_index"] and step.propensity == kept["propensity"]
@@ -173,6 +177,20 @@ def test_of_differing_redecisions_replay_keeps_the_one_the_host_handled() -> Non
     # identical re-decisions (the usual at-least-once duplicate) keep the first record, as before
     again = dict(germinate, timestamp_ms=5)
     assert redecided(germinate, again, [command(again)]) is germinate
+
+
+def test_commands_are_decoded_only_for_differing_redecisions_and_bad_ones_are_passed_over(caplog) -> None:
+    from schemas import encode
+
+    wait, germinate = decision("m", 0, 1, action=0), decision("m", 0, 2, action=1)
+    cmd = ExperienceRecord("AdaptationCommand", None, 0, 7, 2, encode("AdaptationCommand", command(germinate)))
+    bad = ExperienceRecord("AdaptationCommand", None, 0, 6, 2, b"\xc3\x01 not a command")
+    outcome = ("EpochOutcome", epoch_outcome("m", 0, 1, 1.0))
+    group_episodes([bad, cmd] + as_records([outcome, ("DecisionRecord", wait), ("DecisionRecord", wait)]))
+    assert cmd.value is None  # nothing to resolve: left as bytes
+    episodes = group_episodes([bad, cmd] + as_records([outcome, ("DecisionRecord", wait), ("DecisionRecord", germinate)]))
+    assert episodes["m", "run-1"].decisions["m-d0"] is germinate and cmd.value["decision_id"] == "m-d0"
+    assert "undecodable AdaptationCommand at 0/6" in caplog.text
 
 
 def produce_scenario(settings, typed: bool):  # type: ignore[no-untyped-def]
@@ -245,6 +263,26 @@ def test_replay_by_type_skips_other_records_undecoded_and_keeps_the_episodes(top
     expected = by_id(transitions(group_episodes(as_records(items)), CFG, end))
     assert {k: (t.reward, t.action) for k, t in replayed.items()} == {k: (t.reward, t.action)
                                                                       for k, t in expected.items()}
+
+
+@pytest.mark.kafka
+def test_replay_leaves_undecoded_types_as_bytes_until_asked(topics_ready) -> None:
+    from schemas import encode
+    from streams.kafka.clients import make_producer
+    from training.episodes import COMMANDS_UNDECODED, EPISODE_TYPES
+    from training.replay import replay
+
+    settings = topics_ready
+    sent = command(decision("m", 0, 1, action=1))
+    producer = make_producer(settings)
+    for name, value in (("AdaptationCommand", sent), ("EpochOutcome", epoch_outcome("m", 0, 1, 1.0))):
+        producer.produce(settings.topics.experience, key=b"m", value=encode(name, value))
+    assert producer.flush(30) == 0
+    records, window = replay(settings, progress=False, types=EPISODE_TYPES, undecoded=COMMANDS_UNDECODED)
+    (cmd,) = [r for r in records if r.name == "AdaptationCommand"]
+    (outcome,) = [r for r in records if r.name == "EpochOutcome"]
+    assert cmd.value is None and cmd.raw == encode("AdaptationCommand", sent) and outcome.value["epoch"] == 0
+    assert cmd.decoded() == sent and cmd.value == sent and window.records == 2
 
 
 def test_gc_paused_freezes_what_it_kept_alive_and_reenables_the_collector() -> None:
