@@ -64,7 +64,7 @@ def fresh_gate(gate: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
     """The gate state for ``run_id``: a new run forgets cooldowns of the old one.
 
     ``commanded`` maps the decision id of each GERMINATE command to its ``[layer, seed]`` until
-    telemetry shows that seed no longer DORMANT or the host rejects the command (gate states
+    telemetry shows that seed no longer DORMANT or the host does not apply the command (gate states
     written before it existed have none).
     """
     if not gate or gate.get("run_id") != run_id:
@@ -88,10 +88,17 @@ def unapplied_commands(commanded: dict[str, list], aggregates: dict[str, dict]) 
     return out
 
 
-def forget_rejected(gate: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
-    """The gate without the command a REJECTED CommandOutcome answers (its seed stays free); None
-    when there is nothing to change."""
-    if (outcome.get("status") != "REJECTED" or not gate or gate.get("run_id") != outcome.get("run_id")
+def forget_unapplied(gate: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """The gate without the command a REJECTED or DUPLICATE CommandOutcome answers; None when there
+    is nothing to change.
+
+    Neither applied the command, so its seed stays free. A DUPLICATE answers a command whose id the
+    host had handled before: a resend (that seed was taken by the first copy, which telemetry shows
+    soon anyway) or a re-decision after a worker crash that differs from the command the host handled
+    (its seed was never taken, and would otherwise stay blocked for the rest of the run).
+    """
+    if (outcome.get("status") not in ("REJECTED", "DUPLICATE") or not gate
+            or gate.get("run_id") != outcome.get("run_id")
             or outcome.get("decision_id") not in (gate.get("commanded") or {})):
         return None
     commanded = {k: v for k, v in gate["commanded"].items() if k != outcome["decision_id"]}

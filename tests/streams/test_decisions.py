@@ -7,7 +7,7 @@ import numpy as np
 from models.decide import GateConfig
 from models.graph import update_layer_aggregate
 from models.heuristic import ThresholdHeuristic
-from streams.decisions import DueModel, decide, forget_rejected, prepare, unapplied_commands
+from streams.decisions import DueModel, decide, forget_unapplied, prepare, unapplied_commands
 from tests.samples import SAMPLES
 
 CFG = GateConfig(confidence_threshold=0.5, cooldown_epochs=1, max_adaptations_per_epoch=1, epsilon=0.0)
@@ -67,17 +67,19 @@ def test_an_entry_ends_when_telemetry_shows_the_seed_taken() -> None:
     assert unapplied_commands({"d": ["layers.1", 0]}, window(4, ["CULLED", "DORMANT"])["layers"]) == {}
 
 
-def test_a_rejected_command_frees_its_seed_and_nothing_else_does() -> None:
+def test_a_rejected_or_duplicate_command_frees_its_seed_and_nothing_else_does() -> None:
     _, first = decide_epoch(3, ["DORMANT", "DORMANT"], None)
     did = first.record["decision_id"]
     rejected = dict(SAMPLES["CommandOutcome"], decision_id=did, run_id="run-1", status="REJECTED")
-    freed = forget_rejected(first.gate, rejected)
+    freed = forget_unapplied(first.gate, rejected)
     assert freed is not None and freed["commanded"] == {} and first.gate["commanded"]  # a copy
     assert freed["last_adapted"] == first.gate["last_adapted"]
-    assert forget_rejected(first.gate, dict(rejected, status="APPLIED")) is None
-    assert forget_rejected(first.gate, dict(rejected, run_id="run-2")) is None
-    assert forget_rejected(first.gate, dict(rejected, decision_id="other")) is None
-    assert forget_rejected(None, rejected) is None
+    assert forget_unapplied(first.gate, dict(rejected, status="APPLIED")) is None
+    # A re-decision the host answered DUPLICATE (it had handled another command of that id) took no seed.
+    assert forget_unapplied(first.gate, dict(rejected, status="DUPLICATE"))["commanded"] == {}
+    assert forget_unapplied(first.gate, dict(rejected, run_id="run-2")) is None
+    assert forget_unapplied(first.gate, dict(rejected, decision_id="other")) is None
+    assert forget_unapplied(None, rejected) is None
     item, _ = decide_epoch(4, ["DORMANT", "DORMANT"], freed)
     assert sick_layer_seed(item) == 0
 
