@@ -127,20 +127,17 @@ def same_action(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(name) == b.get(name) for name in _ACTION_FIELDS)
 
 
-def handled_record(candidates: list[dict[str, Any]], command: dict[str, Any] | None) -> dict[str, Any]:
-    """Of differing DecisionRecords of one decision id (in archive order), the one a host acted on.
+def is_handled(record: dict[str, Any], command: dict[str, Any] | None) -> bool:
+    """Whether a DecisionRecord is what hosts handled for its id: the action of ``command``, the id's
+    first AdaptationCommand (hosts handle the first and answer DUPLICATE to the rest), or WAIT when
+    no command was sent (or it was lost with its worker)."""
+    return same_action(record, command) if command is not None else record.get("action") == "WAIT"
 
-    ``command`` is the id's first archived AdaptationCommand: hosts handle the first command of an
-    id and answer DUPLICATE to the rest. The record whose action it carries is kept; without a
-    command (nothing was sent, or it was lost with its worker) the first WAIT record is; when
-    nothing matches, the first record.
-    """
-    for record in candidates:
-        if command is not None and same_action(record, command):
-            return record
-        if command is None and record.get("action") == "WAIT":
-            return record
-    return candidates[0]
+
+def handled_record(candidates: list[dict[str, Any]], command: dict[str, Any] | None) -> dict[str, Any]:
+    """Of differing DecisionRecords of one decision id (in archive order), the first one a host acted
+    on (``is_handled``); when none is, the first record."""
+    return next((record for record in candidates if is_handled(record, command)), candidates[0])
 
 
 def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Episode]:

@@ -531,6 +531,7 @@ def audit(observer: Observer, settings: Settings, bad: dict[Pos, str] | None = N
             by_id[d.decision_id].add(d.action_index)
             where.setdefault(d.decision_id, f"{d.model_id}/{d.run_id}/{d.epoch}")
         commands = sum(len(v) for v in observer.commands.values())
+        conflicting = [did for did, actions in by_id.items() if len(actions) > 1]
         dead_ok = sum(1 for p in bad if p in observer.dead)
         decisions = observer.decision_count
     result = Audit(
@@ -548,11 +549,10 @@ def audit(observer: Observer, settings: Settings, bad: dict[Pos, str] | None = N
         outcome_statuses=dict(scan.statuses),
         decisions=decisions,
         distinct_decisions=len(by_id),
-        conflicting_decisions=sum(1 for v in by_id.values() if len(v) > 1),
+        conflicting_decisions=len(conflicting),
         lost_examples=[f"{t}/{p}/{o}" for t, p, o in lost[:10]],
-        conflicting_examples=[f"{did} ({where[did]}): actions {sorted(actions)}"
-                              for did, actions in by_id.items() if len(actions) > 1][:10],
-        conflicting_ids=[did for did, actions in by_id.items() if len(actions) > 1],
+        conflicting_examples=[f"{did} ({where[did]}): actions {sorted(by_id[did])}" for did in conflicting[:10]],
+        conflicting_ids=conflicting,
     )
     return result, scan
 

@@ -72,7 +72,7 @@ def redecisions_not_as_handled(settings: Settings, conflicting: list[str],
     is not the action hosts handled: the id's first command on the commands topic, WAIT without one."""
     if not conflicting:
         return []
-    from training.episodes import COMMANDS_UNDECODED, EPISODE_TYPES, group_episodes, same_action
+    from training.episodes import COMMANDS_UNDECODED, EPISODE_TYPES, group_episodes, is_handled
     from training.replay import replay
 
     records, _ = replay(settings, progress=False, types=EPISODE_TYPES, undecoded=COMMANDS_UNDECODED)
@@ -80,7 +80,7 @@ def redecisions_not_as_handled(settings: Settings, conflicting: list[str],
     wrong = []
     for did in conflicting:
         record, command = kept.get(did), first_commands.get(did)
-        if record is None or not (same_action(record, command) if command else record["action"] == "WAIT"):
+        if record is None or not is_handled(record, command):
             wrong.append(f"{did}: kept {None if record is None else record['action_index']}, "
                          f"handled {command and (command['layer_name'], command['seed_index'], command['kernel'])}")
     return wrong
