@@ -1,4 +1,5 @@
-"""CommandLedger: apply each AdaptationCommand's decision id at most once, in bounded memory."""
+"""CommandLedger: apply each AdaptationCommand's decision id at most once, in bounded memory, and
+tell which command of an id was the one handled."""
 
 from __future__ import annotations
 
@@ -6,8 +7,17 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 
+ACTION_FIELDS = ("action", "layer_name", "seed_index", "kernel")
+
+
+def action_of(command: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a command that say what it asks for (a CommandOutcome v2 repeats them)."""
+    return {name: command.get(name) for name in ACTION_FIELDS}
+
+
 class CommandLedger:
-    """Decision ids already handled (applied or rejected).
+    """Decision ids already handled (applied or rejected), each with the action of the command that
+    was handled: the first one received under that id.
 
     Every id of the current run is remembered (a run sees few decisions); across runs only the last
     ``capacity`` ids are kept, enough to catch redeliveries of recent commands after a run change.
@@ -18,8 +28,8 @@ class CommandLedger:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
         self.run_id: str | None = None
-        self._run: set[str] = set()
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._run: dict[str, dict[str, Any] | None] = {}
+        self._recent: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
     def __contains__(self, decision_id: object) -> bool:
         return decision_id in self._run or decision_id in self._recent
@@ -27,22 +37,29 @@ class CommandLedger:
     def __len__(self) -> int:
         return len(self._run | self._recent.keys())
 
-    def first_time(self, decision_id: str) -> bool:
-        """Record ``decision_id``; True if it was never seen before (the caller may apply it)."""
+    def first_time(self, decision_id: str, command: dict[str, Any] | None = None) -> bool:
+        """Record ``decision_id`` (with the action of ``command``); True if it was never seen before
+        (the caller may apply it). A seen id keeps the action recorded the first time."""
         if decision_id in self:
             if decision_id in self._recent:
                 self._recent.move_to_end(decision_id)
             return False
-        self._run.add(decision_id)
-        self._recent[decision_id] = None
+        action = action_of(command) if command is not None else None
+        self._run[decision_id] = action
+        self._recent[decision_id] = action
         if len(self._recent) > self.capacity:
             self._recent.popitem(last=False)
         return True
 
+    def handled(self, decision_id: str) -> dict[str, Any] | None:
+        """The action fields of the command handled under ``decision_id`` (None: unknown)."""
+        action = self._run.get(decision_id)
+        return action if action is not None else self._recent.get(decision_id)
+
     def new_run(self, run_id: str) -> None:
         """Start a new run: forget the old run's full set, keep the recent ids."""
         self.run_id = run_id
-        self._run = set()
+        self._run = {}
 
 
 class Rejected(Exception):
@@ -70,10 +87,16 @@ def apply_once(ledger: CommandLedger, command: dict[str, Any], execute: Callable
                model_id: str, run_id: str, epoch: int, now_ms: int) -> dict[str, Any]:
     """Apply ``command`` at most once per decision id and return its CommandOutcome: DUPLICATE when
     the ledger has seen it, REJECTED when ``execute`` raises Rejected, else APPLIED with the
-    parameter delta ``execute`` returns (real and simulated hosts share this)."""
+    parameter delta ``execute`` returns (real and simulated hosts share this).
+
+    The outcome names the action of the command handled under that id (CommandOutcome v2): this
+    one, or for a DUPLICATE the first one, which differs when a worker re-decided the epoch
+    differently after a crash. The controller's gate and training follow what the host did."""
     delta = 0
-    if not ledger.first_time(command["decision_id"]):
+    handled = action_of(command)
+    if not ledger.first_time(command["decision_id"], command):
         status, reason = "DUPLICATE", "decision already handled"
+        handled = ledger.handled(command["decision_id"]) or {name: None for name in ACTION_FIELDS}
     else:
         try:
             delta = execute(command)
@@ -82,4 +105,4 @@ def apply_once(ledger: CommandLedger, command: dict[str, Any], execute: Callable
             status, reason = "REJECTED", str(exc)
     return {"decision_id": command["decision_id"], "model_id": model_id, "run_id": run_id,
             "epoch": int(command.get("epoch", epoch)), "timestamp_ms": now_ms, "status": status,
-            "reason": reason, "parameter_delta": int(delta)}
+            "reason": reason, "parameter_delta": int(delta), **handled}

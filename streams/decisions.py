@@ -88,21 +88,46 @@ def unapplied_commands(commanded: dict[str, list], aggregates: dict[str, dict]) 
     return out
 
 
-def forget_unapplied(gate: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
-    """The gate without the command a REJECTED or DUPLICATE CommandOutcome answers; None when there
-    is nothing to change.
+def follow_host(gate: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """The gate corrected by what a CommandOutcome says the host did; None when nothing changes.
 
-    Neither applied the command, so its seed stays free. A DUPLICATE answers a command whose id the
-    host had handled before: a resend (that seed was taken by the first copy, which telemetry shows
-    soon anyway) or a re-decision after a worker crash that differs from the command the host handled
-    (its seed was never taken, and would otherwise stay blocked for the rest of the run).
+    * REJECTED: the command took no seed; its ``commanded`` entry goes.
+    * APPLIED or DUPLICATE naming (CommandOutcome v2) the GERMINATE the host handled under that id,
+      which a worker that crashed between delivering a decision and saving its gate may not know:
+      it decided the epoch again, perhaps differently (the host answered that command DUPLICATE),
+      perhaps WAIT. When the gate has no adaptation of the handled layer at or after the outcome's
+      epoch, that layer's cooldown starts at that epoch; the handled seed replaces the id's
+      ``commanded`` entry (until telemetry shows it taken). A differing re-decision's cooldown stays
+      (it only makes the gate stricter). In normal operation the gate already knows, and an
+      APPLIED outcome changes nothing.
+    * DUPLICATE from a host before v2 (no action named): the entry goes, as the command answered
+      took no seed (a resend's seed was taken by its first copy, which telemetry shows soon anyway).
     """
-    if (outcome.get("status") not in ("REJECTED", "DUPLICATE") or not gate
-            or gate.get("run_id") != outcome.get("run_id")
-            or outcome.get("decision_id") not in (gate.get("commanded") or {})):
+    status = outcome.get("status")
+    if not gate or gate.get("run_id") != outcome.get("run_id") or status not in ("APPLIED", "REJECTED", "DUPLICATE"):
         return None
-    commanded = {k: v for k, v in gate["commanded"].items() if k != outcome["decision_id"]}
-    return dict(gate, commanded=commanded)
+    did = outcome.get("decision_id")
+    commanded = dict(gate.get("commanded") or {})
+    layer, seed = outcome.get("layer_name"), outcome.get("seed_index")
+    handled = status != "REJECTED" and outcome.get("action") == "GERMINATE" and layer is not None
+    if not handled:
+        if status == "APPLIED" or did not in commanded:
+            return None
+        del commanded[did]
+        return dict(gate, commanded=commanded)
+    last_adapted = dict(gate.get("last_adapted") or {})
+    epoch = int(outcome["epoch"])
+    entry = [layer, seed] if seed is not None else None
+    known = last_adapted.get(layer, -1) >= epoch
+    if known and (did not in commanded or commanded[did] == entry):
+        return None
+    if not known:
+        last_adapted[layer] = epoch
+    if entry is not None and (not known or did in commanded):
+        commanded[did] = entry
+    else:
+        commanded.pop(did, None)
+    return dict(gate, last_adapted=last_adapted, commanded=commanded)
 
 
 def last_decided_epoch(gate: dict[str, Any] | None, run_id: str) -> int:

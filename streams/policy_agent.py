@@ -17,7 +17,7 @@ from streams import window_close
 from streams.archive import archive, provenance
 from streams.context import WorkerContext
 from streams.deadletter import send_dead_letter
-from streams.decisions import DueModel, decide, forget_unapplied, gate_config, last_decided_epoch, prepare
+from streams.decisions import DueModel, decide, follow_host, gate_config, last_decided_epoch, prepare
 from streams.faust_compat import (PartitionEvent, active_partitions, as_current, highwater_and_committed, hold_commit,
                                   release_commit, tables_settled)
 from streams.intake import Accepted, accept, from_faust_event
@@ -101,10 +101,10 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
         await archive(ctx, outbox, result.name, raw)
         if result.name == "CommandOutcome":
             ctx.counters.command_outcomes += 1
-            freed = forget_unapplied(ctx.gate_state.get(result.record["model_id"]), result.record)
-            if freed is not None:
+            corrected = follow_host(ctx.gate_state.get(result.record["model_id"]), result.record)
+            if corrected is not None:
                 with as_current(raw.event):
-                    ctx.gate_state[result.record["model_id"]] = freed
+                    ctx.gate_state[result.record["model_id"]] = corrected
         else:
             ctx.counters.epoch_outcomes += 1
             ended.append((result.record, raw.event, None))

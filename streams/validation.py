@@ -149,6 +149,11 @@ def _epoch_outcome(r: dict[str, Any]) -> None:
 
 def _command_outcome(r: dict[str, Any]) -> None:
     _non_empty(r, "decision_id", "model_id")
+    # v2 names the handled command; the controller's gate trusts it, so it must name a layer and seed.
+    if r.get("action") == "GERMINATE" and not r.get("layer_name"):
+        raise ValidationError("validation", "a GERMINATE outcome names no layer_name")
+    if r.get("seed_index") is not None and r["seed_index"] < 0:
+        raise ValidationError("validation", f"seed_index={r['seed_index']} is negative")
 
 
 def _command(r: dict[str, Any]) -> None:

@@ -48,6 +48,7 @@ SAMPLES: dict[str, dict] = {
     "CommandOutcome": {
         "decision_id": "d-1", "model_id": "m-1", "run_id": "run-1", "epoch": 3,
         "timestamp_ms": 1_700_000_000_000, "status": "APPLIED", "reason": "", "parameter_delta": 200,
+        "action": "GERMINATE", "layer_name": "layers.0", "seed_index": 1, "kernel": "mlp_small",
     },
     "AdaptationCommand": {
         "decision_id": "d-1", "model_id": "m-1", "epoch": 3, "timestamp_ms": 1_700_000_000_000,

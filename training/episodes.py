@@ -13,7 +13,8 @@ A decision id can have DecisionRecords with different actions: a worker that cra
 delivering a decision but before its gate state was saved decides that epoch again from windows
 that moved on (see the README's Reliability section). Hosts handle only the first AdaptationCommand
 of an id, so the record kept is the one that command came from (a WAIT record when no command was
-sent): the logged action is the one the host saw (:func:`handled_record`).
+sent): the logged action is the one the host saw (:func:`handled_record`). Which command that was,
+a CommandOutcome v2 says; for hosts before v2, the id's first archived AdaptationCommand.
 """
 
 from __future__ import annotations
@@ -175,12 +176,21 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
         key = runs_of_decision.get(rec.value["decision_id"], (rec.value["model_id"], rec.value["run_id"]))
         if key in episodes:
             episodes[key].command_outcomes.setdefault(rec.value["decision_id"], rec.value)
-    if any(episode.redecided for episode in episodes.values()):
-        first_commands = _first_commands(commands)
-        for episode in episodes.values():
-            for did, others in episode.redecided.items():
-                episode.decisions[did] = handled_record([episode.decisions[did], *others], first_commands.get(did))
+    first_commands: dict[str, dict[str, Any]] | None = None
+    for episode in episodes.values():
+        for did, others in episode.redecided.items():
+            command = named_command(episode.command_outcomes.get(did))
+            if command is None:  # a host before v2: the first command archived
+                first_commands = _first_commands(commands) if first_commands is None else first_commands
+                command = first_commands.get(did)
+            episode.decisions[did] = handled_record([episode.decisions[did], *others], command)
     return episodes
+
+
+def named_command(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The command a CommandOutcome v2 says its host handled under the id (its action fields);
+    None for an outcome of a host before v2, or none."""
+    return outcome if outcome is not None and outcome.get("action") is not None else None
 
 
 def _first_commands(commands: list[ExperienceRecord]) -> dict[str, dict[str, Any]]:

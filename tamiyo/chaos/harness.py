@@ -436,6 +436,8 @@ class InputScan:
 
     positions: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     applied: Counter[str] = field(default_factory=Counter)  # decision_id -> APPLIED outcomes
+    # (model, run, layer, epoch) of every APPLIED GERMINATE whose outcome names it (CommandOutcome v2)
+    adaptations: list[tuple[str, str, str, int]] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     epoch_outcomes: dict[Pos, tuple[str, str, int]] = field(default_factory=dict)  # pos -> (model, run, epoch)
     messages: int = 0
@@ -462,8 +464,11 @@ def scan_inputs(settings: Settings, topics: Iterable[str] | None = None) -> Inpu
                 continue
             if decoded.name == "CommandOutcome":
                 scan.statuses[decoded.value["status"]] += 1
-                if decoded.value["status"] == "APPLIED":
-                    scan.applied[decoded.value["decision_id"]] += 1
+                v = decoded.value
+                if v["status"] == "APPLIED":
+                    scan.applied[v["decision_id"]] += 1
+                    if v.get("action") == "GERMINATE" and v.get("layer_name"):
+                        scan.adaptations.append((v["model_id"], v["run_id"], v["layer_name"], v["epoch"]))
             elif decoded.name == "EpochOutcome":
                 v = decoded.value
                 scan.epoch_outcomes[(topic, message.partition(), message.offset())] = (

@@ -14,8 +14,10 @@ archived and the outcome is decided after it.
 Checks: every valid input (fleet and parked signals) is on the experience topic, every command is
 archived, no decision id is APPLIED twice (CommandOutcome statuses on the outcomes topic), of a
 decision re-made differently after a crash replay keeps the one the host handled (its first
-command; ``training.episodes.handled_record``), the cooldown gate held across crashes (gate_state
-recovered), and decisions resume for every model. Re-decisions that differ are counted, not failed
+command; ``training.episodes.handled_record``), the cooldown gate held across crashes (no layer
+adapted twice within the cooldown, by the APPLIED CommandOutcomes that name what hosts applied:
+gate_state recovered, and corrected by the hosts' word after a differing re-decision), and
+decisions resume for every model. Re-decisions that differ are counted, not failed
 (the README's Reliability section says why they happen). Recovery: kill → first new decision for a
 model whose partition the killed worker owned (and → every such model decided again).
 
@@ -38,7 +40,6 @@ from tamiyo.chaos.faust_trace import contiguous_runs, explain, gaps_by_topic, re
 from tamiyo.chaos.harness import (
     SESSION_TIMEOUT_S,
     ChaosEnv,
-    Decision,
     FleetThread,
     Observer,
     WorkerProcess,
@@ -50,15 +51,13 @@ from tamiyo.chaos.harness import (
 from tamiyo.config import Settings
 
 
-def cooldown_violations(decisions: list[Decision], cooldown_epochs: int) -> int:
-    """GERMINATEs of the same layer of the same run fewer than ``cooldown_epochs`` epochs apart."""
+def cooldown_violations(adaptations: list[tuple[str, str, str, int]], cooldown_epochs: int) -> int:
+    """Adaptations hosts applied to the same layer of the same run fewer than ``cooldown_epochs``
+    epochs apart: ``adaptations`` are (model, run, layer, epoch) from APPLIED CommandOutcomes, which
+    name the command applied — after a crash, not necessarily the decision the worker made last."""
     adapted: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    seen: set[str] = set()
-    for d in decisions:
-        if d.decision_id in seen or d.action != "GERMINATE":
-            continue
-        seen.add(d.decision_id)
-        adapted[(d.model_id, d.run_id, d.layer_name or "")].append(d.epoch)
+    for model, run, layer, epoch in adaptations:
+        adapted[(model, run, layer)].append(epoch)
     violations = 0
     for epochs in adapted.values():
         epochs.sort()
@@ -229,7 +228,7 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         parked_dead = sum(1 for p in parked_positions if p in observer.dead)
         decisions = list(observer.decisions)
         lost = [p for p in scan.all_positions() if observer.archived_count(p) == 0]
-    violations = cooldown_violations(decisions, settings.cooldown_epochs)
+    violations = cooldown_violations(scan.adaptations, settings.cooldown_epochs)
     misrecorded = redecisions_not_as_handled(settings, result.conflicting_ids, observer.first_commands)
     ids = [d.decision_id for d in decisions]
     alive = all(w.alive() for w in survivors)
@@ -254,7 +253,7 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "every_command_archived": result.commands_unarchived == 0,
         "no_duplicate_applies": result.duplicate_applies == 0,
         "replay_keeps_the_handled_redecision": not misrecorded,
-        "cooldown_held_across_crash": violations == 0,
+        "cooldown_held_across_crash": violations == 0 and len(scan.adaptations) > 0,
         "decisions_resumed_for_all_models": True,  # wait_until above raised otherwise
         "workers_alive": alive,
         "fleet_delivered_everything": stats.delivery_failures == 0,
@@ -283,6 +282,7 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "commands_applied": result.applied,
         "command_outcome_statuses": result.outcome_statuses,
         "cooldown_violations": violations,
+        "adaptations_applied": len(scan.adaptations),
         "parked_at_crash": len(parked_positions),
         "parked_archived": parked_archived,
         "parked_dead_lettered": parked_dead,

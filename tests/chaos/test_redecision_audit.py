@@ -34,3 +34,12 @@ def test_the_check_replays_the_kept_record_and_compares_it_with_the_handled_comm
     (wrong,) = redecisions_not_as_handled(settings, ids, {germinate["decision_id"]: command(germinate),
                                                           first_wait["decision_id"]: command(later)})
     assert wrong.startswith(first_wait["decision_id"]) and "kept 0" in wrong
+
+
+@pytest.mark.parametrize(("epochs", "violations"), [([3, 5], 0), ([3, 4], 1), ([3, 4, 5], 2), ([5, 3, 4], 2)])
+def test_cooldown_violations_count_applied_adaptations_of_a_layer_too_close_together(epochs, violations) -> None:
+    from tamiyo.chaos.worker_crash import cooldown_violations
+
+    applied = [("m", "run-1", "layers.0", e) for e in epochs]
+    others = [("m", "run-1", "layers.1", 4), ("m", "run-2", "layers.0", 4), ("n", "run-1", "layers.0", 4)]
+    assert cooldown_violations(applied + others, cooldown_epochs=2) == violations

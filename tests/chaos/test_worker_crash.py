@@ -21,5 +21,6 @@ def test_crashed_worker_loses_nothing_and_applies_nothing_twice(chaos_env) -> No
     # An epoch outcome parked (no topology yet) when the worker died is decided after the takeover:
     # its commit was held, so the survivor read it again.
     assert result["checks"]["parked_outcomes_decided_after_the_crash"], result["phases"]
-    assert result["cooldown_violations"] == 0 and result["checks"]["replay_keeps_the_handled_redecision"]
+    assert result["cooldown_violations"] == 0 < result["adaptations_applied"]
+    assert result["checks"]["replay_keeps_the_handled_redecision"]
     assert result["recovery_seconds"]["takeover"] > 0 and result["phases"][0]["models_affected"] > 0

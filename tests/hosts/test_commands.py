@@ -77,3 +77,53 @@ def test_apply_once_applies_rejects_and_drops_duplicates() -> None:
     assert (bad["status"], bad["parameter_delta"], bad["reason"]) == ("REJECTED", 0, "unknown layer 'nowhere'")
     assert calls == ["d-1", "d-2"]  # the duplicate never reached the model
     assert {first["model_id"], first["run_id"]} == {"m-1", "run-1"}
+
+
+def test_outcomes_name_the_command_handled_under_their_id() -> None:
+    """A DUPLICATE names the first command of its id, not the one it answers (a differing
+    re-decision after a worker crash); APPLIED and REJECTED name their own (CommandOutcome v2)."""
+    ledger = CommandLedger(capacity=1)
+    ledger.new_run("run-1")
+
+    def execute(command: dict) -> int:
+        if command["layer_name"] == "nowhere":
+            raise Rejected("unknown layer 'nowhere'")
+        return 7
+
+    first = apply_once(ledger, command(decision_id="d-1", seed_index=0), execute, "m", "run-1", 3, 1)
+    redecided = apply_once(ledger, command(decision_id="d-1", layer_name="layers.1", seed_index=1, kernel="lowrank"),
+                           execute, "m", "run-1", 3, 2)
+    bad = apply_once(ledger, command(decision_id="d-2", layer_name="nowhere"), execute, "m", "run-1", 3, 3)
+    wanted = {"action": "GERMINATE", "layer_name": "layers.0", "seed_index": 0, "kernel": "mlp_small"}
+    assert first["status"] == "APPLIED" and {k: first[k] for k in wanted} == wanted
+    assert redecided["status"] == "DUPLICATE" and {k: redecided[k] for k in wanted} == wanted
+    assert bad["status"] == "REJECTED" and bad["layer_name"] == "nowhere"
+    # Beyond the ledger's capacity the current run still remembers the first command of d-1.
+    assert ledger.handled("d-1") == wanted
+    ledger.new_run("run-2")
+    assert ledger.handled("d-1") is None and ledger.handled("d-2")["layer_name"] == "nowhere"
+    # An id recorded without its command answers with no action (a v1-style outcome).
+    ledger.first_time("d-3")
+    late = apply_once(ledger, command(decision_id="d-3"), execute, "m", "run-2", 3, 4)
+    assert late["status"] == "DUPLICATE" and late["layer_name"] is None and late["action"] is None
+
+
+def test_a_v2_command_outcome_encodes_and_a_v1_one_still_decodes() -> None:
+    import io
+
+    import fastavro
+
+    from schemas import decode, encode
+    from schemas.codec import registry
+
+    ledger = CommandLedger()
+    outcome = apply_once(ledger, command(seed_index=2), lambda c: 5, "m", "run-1", 3, 1)
+    assert decode(encode("CommandOutcome", outcome)).value == outcome
+    v1 = registry().releases["CommandOutcome"][0]  # what hosts before v2 write
+    assert v1 is not registry().current["CommandOutcome"]
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, v1.fast, {k: v for k, v in outcome.items() if k in
+                                               {f["name"] for f in v1.parsed["fields"]}})
+    old = decode(v1.header + body.getvalue()).value
+    assert old["status"] == "APPLIED" and old["parameter_delta"] == 5
+    assert (old["action"], old["layer_name"], old["seed_index"], old["kernel"]) == (None, None, None, None)

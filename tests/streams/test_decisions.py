@@ -7,7 +7,7 @@ import numpy as np
 from models.decide import GateConfig
 from models.graph import update_layer_aggregate
 from models.heuristic import ThresholdHeuristic
-from streams.decisions import DueModel, decide, forget_unapplied, prepare, unapplied_commands
+from streams.decisions import DueModel, decide, follow_host, prepare, unapplied_commands
 from tests.samples import SAMPLES
 
 CFG = GateConfig(confidence_threshold=0.5, cooldown_epochs=1, max_adaptations_per_epoch=1, epsilon=0.0)
@@ -67,21 +67,63 @@ def test_an_entry_ends_when_telemetry_shows_the_seed_taken() -> None:
     assert unapplied_commands({"d": ["layers.1", 0]}, window(4, ["CULLED", "DORMANT"])["layers"]) == {}
 
 
-def test_a_rejected_or_duplicate_command_frees_its_seed_and_nothing_else_does() -> None:
+def test_a_rejected_or_v1_duplicate_command_frees_its_seed_and_nothing_else_does() -> None:
     _, first = decide_epoch(3, ["DORMANT", "DORMANT"], None)
     did = first.record["decision_id"]
-    rejected = dict(SAMPLES["CommandOutcome"], decision_id=did, run_id="run-1", status="REJECTED")
-    freed = forget_unapplied(first.gate, rejected)
+    rejected = dict(SAMPLES["CommandOutcome"], decision_id=did, run_id="run-1", status="REJECTED", action=None,
+                    layer_name=None, seed_index=None, kernel=None)  # as hosts before v2 send them
+    freed = follow_host(first.gate, rejected)
     assert freed is not None and freed["commanded"] == {} and first.gate["commanded"]  # a copy
     assert freed["last_adapted"] == first.gate["last_adapted"]
-    assert forget_unapplied(first.gate, dict(rejected, status="APPLIED")) is None
-    # A re-decision the host answered DUPLICATE (it had handled another command of that id) took no seed.
-    assert forget_unapplied(first.gate, dict(rejected, status="DUPLICATE"))["commanded"] == {}
-    assert forget_unapplied(first.gate, dict(rejected, run_id="run-2")) is None
-    assert forget_unapplied(first.gate, dict(rejected, decision_id="other")) is None
-    assert forget_unapplied(None, rejected) is None
+    assert follow_host(first.gate, dict(rejected, status="APPLIED")) is None
+    # A host before v2 does not say what it handled: a DUPLICATE took no seed.
+    assert follow_host(first.gate, dict(rejected, status="DUPLICATE"))["commanded"] == {}
+    assert follow_host(first.gate, dict(rejected, run_id="run-2")) is None
+    assert follow_host(first.gate, dict(rejected, decision_id="other")) is None
+    assert follow_host(None, rejected) is None
     item, _ = decide_epoch(4, ["DORMANT", "DORMANT"], freed)
     assert sick_layer_seed(item) == 0
+
+
+def handled(outcome: dict, layer: str, seed: int | None, status: str) -> dict:
+    return dict(outcome, status=status, action="GERMINATE", layer_name=layer, seed_index=seed, kernel="mlp_small")
+
+
+def test_the_gate_follows_the_command_the_host_handled() -> None:
+    """After a crash a worker can re-decide an epoch unlike the command the host applied (or WAIT):
+    a v2 CommandOutcome naming the handled command puts that layer under cooldown and its seed in
+    ``commanded``; when the gate already knows it, nothing changes."""
+    _, first = decide_epoch(3, ["DORMANT", "DORMANT"], None)
+    did = first.record["decision_id"]
+    assert first.gate["commanded"] == {did: ["layers.1", 0]} and first.gate["last_adapted"] == {"layers.1": 3}
+    base = dict(SAMPLES["CommandOutcome"], decision_id=did, run_id="run-1", epoch=3)
+    # Normal operation: APPLIED or an identical resend's DUPLICATE change nothing.
+    assert follow_host(first.gate, handled(base, "layers.1", 0, "APPLIED")) is None
+    assert follow_host(first.gate, handled(base, "layers.1", 0, "DUPLICATE")) is None
+    # The re-decision named layers.1 but the host had applied layers.0 (seed 1) under that id.
+    fixed = follow_host(first.gate, handled(base, "layers.0", 1, "DUPLICATE"))
+    assert fixed["last_adapted"] == {"layers.1": 3, "layers.0": 3}
+    assert fixed["commanded"] == {did: ["layers.0", 1]}
+    assert follow_host(fixed, handled(base, "layers.0", 1, "APPLIED")) is None  # then its APPLIED: known
+    # The re-decision was WAIT (no entry, no cooldown): the first command's APPLIED tells.
+    waited = dict(first.gate, last_adapted={}, commanded={})
+    told = follow_host(waited, handled(base, "layers.0", 1, "APPLIED"))
+    assert told["last_adapted"] == {"layers.0": 3} and told["commanded"] == {did: ["layers.0", 1]}
+    # A later adaptation of the layer is kept; a stale entry of the id is replaced by the handled seed.
+    later = dict(first.gate, last_adapted={"layers.0": 5, "layers.1": 3})
+    assert follow_host(later, handled(base, "layers.0", 1, "DUPLICATE"))["last_adapted"] == later["last_adapted"]
+    assert follow_host(later, handled(base, "layers.0", 1, "DUPLICATE"))["commanded"] == {did: ["layers.0", 1]}
+    assert follow_host(later, handled(base, "layers.0", None, "DUPLICATE"))["commanded"] == {}
+    # A REJECTED command took nothing, whatever it names; another run's outcome is ignored.
+    assert follow_host(first.gate, handled(base, "layers.0", 1, "REJECTED"))["last_adapted"] == {"layers.1": 3}
+    assert follow_host(first.gate, handled(dict(base, run_id="run-0"), "layers.0", 1, "APPLIED")) is None
+    # The next epoch with a cooldown of 2: layers.0 may not be adapted again after the correction only.
+    strict = GateConfig(confidence_threshold=0.5, cooldown_epochs=2, max_adaptations_per_epoch=1, epsilon=0.0)
+    outcome = dict(SAMPLES["EpochOutcome"], epoch=4, run_id="run-1")
+    for gate, legal in ((first.gate, True), (fixed, False)):
+        item = prepare(outcome, TOPOLOGY, [window(4, ["GERMINATED", "DORMANT"])], gate, strict)
+        layer0 = 1 + item.graph.layer_names.index("layers.0") * 3
+        assert item.legal[layer0:layer0 + 3].any() == legal
 
 
 def test_a_gate_state_written_before_commanded_existed_still_decides() -> None:

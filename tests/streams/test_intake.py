@@ -72,6 +72,11 @@ def test_outcome_and_command_ranges() -> None:
     with pytest.raises(ValidationError):
         validate("AdaptationCommand", dict(SAMPLES["AdaptationCommand"], probability=1.2))
     validate("CommandOutcome", SAMPLES["CommandOutcome"])  # valid: no exception
+    validate("CommandOutcome", dict(SAMPLES["CommandOutcome"], action=None, layer_name=None, seed_index=None))  # v1
+    with pytest.raises(ValidationError, match="names no layer_name"):
+        validate("CommandOutcome", dict(SAMPLES["CommandOutcome"], layer_name=None))
+    with pytest.raises(ValidationError, match="seed_index=-1 is negative"):
+        validate("CommandOutcome", dict(SAMPLES["CommandOutcome"], seed_index=-1))
 
 
 def report(signal_changes: dict | None = None, **changes: object) -> bytes:

@@ -145,13 +145,15 @@ def command(record: dict) -> dict:
             "policy_version": record["policy_version"], "probability": record["propensity"]}
 
 
-def redecided(first: dict, second: dict, sent: list[dict]) -> dict:
+def redecided(first: dict, second: dict, sent: list[dict], answers: list[dict] = ()) -> dict:
     """The record replay keeps for epoch 0 of model m, decided twice (``first`` then ``second``)
-    with ``sent`` archived AdaptationCommands, in that order (left undecoded, as replay leaves them)."""
+    with ``sent`` archived AdaptationCommands, in that order (left undecoded, as replay leaves them),
+    and the hosts' CommandOutcomes ``answers``."""
     from schemas import encode
 
     items = [("EpochOutcome", epoch_outcome("m", 0, 1, 1.0)), ("DecisionRecord", first),
              *(("AdaptationCommand", c) for c in sent), ("DecisionRecord", second),
+             *(("CommandOutcome", a) for a in answers),
              ("EpochOutcome", epoch_outcome("m", 1, 3, 0.8, final=True))]
     records = [ExperienceRecord(r.name, None, 0, r.offset, r.timestamp_ms, encode(r.name, r.value))
                if r.name == "AdaptationCommand" else r for r in as_records(items)]
@@ -177,6 +179,24 @@ def test_of_differing_redecisions_replay_keeps_the_one_the_host_handled() -> Non
     # identical re-decisions (the usual at-least-once duplicate) keep the first record, as before
     again = dict(germinate, timestamp_ms=5)
     assert redecided(germinate, again, [command(again)]) is germinate
+
+
+def answer(handled: dict, status: str = "APPLIED") -> dict:
+    """A host's CommandOutcome v2 for epoch 0 of model m naming the command it handled."""
+    return command_outcome("m", 0, 2, status, 10 if status == "APPLIED" else 0) | {
+        name: handled[name] for name in ("action", "layer_name", "seed_index", "kernel")}
+
+
+def test_a_command_outcome_v2_says_which_redecision_the_host_handled() -> None:
+    germinate = decision("m", 0, 1, action=1)
+    other = decision("m", 0, 2, action=2) | {"kernel": "mlp_wide"}
+    # The host's word wins over the order of archived commands (here the handled one was not archived).
+    assert redecided(germinate, other, [command(other)], [answer(germinate)]) is germinate
+    assert redecided(germinate, other, [command(germinate)], [answer(other, "DUPLICATE")]) is other
+    assert redecided(other, germinate, [], [answer(germinate, "REJECTED")]) is germinate
+    # A v1 outcome (no action named) leaves it to the archived commands.
+    v1 = {k: v for k, v in answer(germinate).items() if k not in ("action", "layer_name", "seed_index", "kernel")}
+    assert redecided(germinate, other, [command(other)], [v1]) is other
 
 
 def test_commands_are_decoded_only_for_differing_redecisions_and_bad_ones_are_passed_over(caplog) -> None:
