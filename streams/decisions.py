@@ -99,17 +99,20 @@ def follow_host(gate: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[st
       epoch, that layer's cooldown starts at that epoch; the handled seed replaces the id's
       ``commanded`` entry (until telemetry shows it taken). A differing re-decision's cooldown stays
       (it only makes the gate stricter). In normal operation the gate already knows, and an
-      APPLIED outcome changes nothing.
+      APPLIED outcome changes nothing. A model without a gate state yet (the crash came before its
+      first one was saved) gets one for the outcome's run.
     * DUPLICATE from a host before v2 (no action named): the entry goes, as the command answered
       took no seed (a resend's seed was taken by its first copy, which telemetry shows soon anyway).
     """
     status = outcome.get("status")
+    layer, seed = outcome.get("layer_name"), outcome.get("seed_index")
+    handled = status in ("APPLIED", "DUPLICATE") and outcome.get("action") == "GERMINATE" and layer is not None
+    if not gate and handled:
+        gate = fresh_gate(None, outcome["run_id"])
     if not gate or gate.get("run_id") != outcome.get("run_id") or status not in ("APPLIED", "REJECTED", "DUPLICATE"):
         return None
     did = outcome.get("decision_id")
     commanded = dict(gate.get("commanded") or {})
-    layer, seed = outcome.get("layer_name"), outcome.get("seed_index")
-    handled = status != "REJECTED" and outcome.get("action") == "GERMINATE" and layer is not None
     if not handled:
         if status == "APPLIED" or did not in commanded:
             return None

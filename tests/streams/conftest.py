@@ -46,10 +46,11 @@ def registry_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, module: str = "tamiyo.cli", **env: str) -> None:
+        """``module``: what ``python -m`` runs with the argument ``worker`` (the CLI, or a wrapper of it)."""
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "tamiyo.cli", "worker"],
+        self.process = subprocess.Popen([sys.executable, "-m", module, "worker"],
                                         env=worker_env(settings, **env), stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -83,8 +84,8 @@ class WorkerProcess:
 def start_worker(topics_ready: Settings, tmp_path: Path) -> Iterator:
     workers: list[WorkerProcess] = []
 
-    def start(settings: Settings | None = None, **env: str) -> WorkerProcess:
-        worker = WorkerProcess(settings or topics_ready, tmp_path / f"worker-{len(workers)}.log", **env)
+    def start(settings: Settings | None = None, module: str = "tamiyo.cli", **env: str) -> WorkerProcess:
+        worker = WorkerProcess(settings or topics_ready, tmp_path / f"worker-{len(workers)}.log", module, **env)
         workers.append(worker)
         return worker
 

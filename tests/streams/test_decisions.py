@@ -81,6 +81,7 @@ def test_a_rejected_or_v1_duplicate_command_frees_its_seed_and_nothing_else_does
     assert follow_host(first.gate, dict(rejected, run_id="run-2")) is None
     assert follow_host(first.gate, dict(rejected, decision_id="other")) is None
     assert follow_host(None, rejected) is None
+    assert follow_host(None, dict(rejected, status="APPLIED")) is None  # v1: nothing named
     item, _ = decide_epoch(4, ["DORMANT", "DORMANT"], freed)
     assert sick_layer_seed(item) == 0
 
@@ -109,6 +110,10 @@ def test_the_gate_follows_the_command_the_host_handled() -> None:
     waited = dict(first.gate, last_adapted={}, commanded={})
     told = follow_host(waited, handled(base, "layers.0", 1, "APPLIED"))
     assert told["last_adapted"] == {"layers.0": 3} and told["commanded"] == {did: ["layers.0", 1]}
+    # No gate state yet (the crash came before the model's first was saved): one for the outcome's run.
+    new = follow_host(None, handled(base, "layers.0", 1, "APPLIED"))
+    assert (new["run_id"], new["last_decided_epoch"], new["last_adapted"]) == ("run-1", -1, {"layers.0": 3})
+    assert follow_host(None, handled(base, "layers.0", 1, "REJECTED")) is None
     # A later adaptation of the layer is kept; a stale entry of the id is replaced by the handled seed.
     later = dict(first.gate, last_adapted={"layers.0": 5, "layers.1": 3})
     assert follow_host(later, handled(base, "layers.0", 1, "DUPLICATE"))["last_adapted"] == later["last_adapted"]
