@@ -29,6 +29,9 @@ class Counters:
     stale_signals: int = 0  # signals of a run a newer run of their model replaced: archived, not folded
     stale_outcomes: int = 0  # epoch outcomes of such runs: archived, not decided
     stale_topologies: int = 0  # topologies of such runs: archived, not stored
+    # gate states corrected by a host's APPLIED or DUPLICATE answer: it had handled a command of the
+    # decision id the gate did not know (a re-decision after a worker crash; see follow_host)
+    host_corrections: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

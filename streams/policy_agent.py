@@ -103,6 +103,7 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
             ctx.counters.command_outcomes += 1
             corrected = follow_host(ctx.gate_state.get(result.record["model_id"]), result.record)
             if corrected is not None:
+                ctx.counters.host_corrections += result.record["status"] != "REJECTED"
                 with as_current(raw.event):
                     ctx.gate_state[result.record["model_id"]] = corrected
         else:

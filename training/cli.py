@@ -91,7 +91,7 @@ def cmd_replay(settings: Settings, start: int | None = None, end: int | None = N
 
     import numpy as np
 
-    from training.episodes import RewardConfig, group_episodes, redecided_ids, transitions
+    from training.episodes import RewardConfig, group_episodes, redecided_ids, transitions, unmatched_ids
     from training.replay import replay
 
     reward = reward or RewardConfig()
@@ -115,6 +115,7 @@ def cmd_replay(settings: Settings, start: int | None = None, end: int | None = N
         "live": len(episodes) - finished - dead,
         "decisions": decisions,
         "redecided": redecided_ids(episodes),  # ids decided twice, differently: the handled record is kept
+        "unmatched": unmatched_ids(episodes),  # left out: the handled record is not in the replayed data
         "transitions": len(steps),
         "excluded_pending": decisions - len(steps),
         "imputed_rewards": sum(t.imputed for t in steps),

@@ -113,6 +113,8 @@ class Episode:
     last_seen_ms: int = 0
     # decision id -> the DecisionRecords of that id whose action differs from the first one's
     redecided: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # decision ids left out: no record of theirs is the command the host's CommandOutcome v2 names
+    unmatched: list[str] = field(default_factory=list)
 
 
 # The record types an episode is built from; replay can skip the rest (mostly health telemetry) undecoded.
@@ -184,7 +186,24 @@ def group_episodes(records: list[ExperienceRecord]) -> dict[tuple[str, str], Epi
                 first_commands = _first_commands(commands) if first_commands is None else first_commands
                 command = first_commands.get(did)
             episode.decisions[did] = handled_record([episode.decisions[did], *others], command)
+    for episode in episodes.values():
+        _drop_unmatched(episode)
     return episodes
+
+
+def _drop_unmatched(episode: Episode) -> None:
+    """Leave out decisions whose record is not the command their host says it handled (v2): the
+    handled record lies outside the replayed data (a re-decision after a crash whose twin is before
+    the window's start), so the logged action, state and propensity are not what the host saw."""
+    for did, outcome in episode.command_outcomes.items():
+        named = named_command(outcome)
+        record = episode.decisions.get(did) if named is not None else None
+        if record is not None and not same_action(record, named):
+            del episode.decisions[did]
+            episode.unmatched.append(did)
+            log.warning("decision %s of %s left out: its host handled %s %s/%s, the replayed record says %s %s/%s",
+                        did, episode.model_id, named["action"], named["layer_name"], named["seed_index"],
+                        record["action"], record["layer_name"], record["seed_index"])
 
 
 def named_command(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -209,6 +228,11 @@ def _first_commands(commands: list[ExperienceRecord]) -> dict[str, dict[str, Any
 def redecided_ids(episodes: dict[tuple[str, str], Episode]) -> int:
     """How many decision ids had records with different actions (resolved by ``handled_record``)."""
     return sum(len(episode.redecided) for episode in episodes.values())
+
+
+def unmatched_ids(episodes: dict[tuple[str, str], Episode]) -> int:
+    """How many decisions were left out because no replayed record of theirs is what the host handled."""
+    return sum(len(episode.unmatched) for episode in episodes.values())
 
 
 def transitions(episodes: dict[tuple[str, str], Episode], cfg: RewardConfig, data_end_ms: int) -> list[Transition]:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from tamiyo.config import Settings
 from training.episodes import (COMMANDS_UNDECODED, EPISODE_TYPES, RewardConfig, Transition, group_episodes,
-                               redecided_ids, transitions)
+                               redecided_ids, transitions, unmatched_ids)
 from training.gate import GateConfig, GateVerdict, judge
 from training.ope import OPEReport
 from training.registry import PolicyRegistry, configure_client_env, ensure_experiment
@@ -158,7 +158,8 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         steps = transitions(episodes, cfg.reward_config(), data_end_ms)
     log.info("replayed %d records: %d episodes, %d transitions", len(records), len(episodes), len(steps))
     data_window = window.as_dict() | {"episodes": len(episodes), "transitions": len(steps),
-                                      "redecided_ids": redecided_ids(episodes), "data_end_ms": data_end_ms}
+                                      "redecided_ids": redecided_ids(episodes),
+                                      "unmatched_ids": unmatched_ids(episodes), "data_end_ms": data_end_ms}
     result = train_on_transitions(settings, cfg, steps, data_window)
     result.seconds["replay"] = time.perf_counter() - t0 - sum(result.seconds.values())
     return result

@@ -15,7 +15,7 @@ from streams.kafka.reader import header
 from tests.samples import SAMPLES
 from tests.streams.crash_after_command import EXIT_CODE
 from tests.streams.kafka_io import TopicCollector, produce_records
-from tests.streams.test_worker_kafka import decisions_in, topology
+from tests.streams.test_worker_kafka import decisions_in, free_port, scrape, topology
 
 pytestmark = pytest.mark.kafka
 
@@ -69,7 +69,8 @@ def test_after_a_crash_the_gate_and_replay_follow_the_command_the_host_applied(t
     # outcome again (never committed), waits for step 200 and decides epoch 1 again: layers.1.
     produce_records(settings, topics.health, "HealthSignal",
                     reports(1, {"layers.1": 0.0, "layers.2": 0.95}, [150, 175, 200], t0))
-    second = start_worker(TAMIYO_SIGNAL_WAIT_SECONDS="60", **WORKER_ENV)
+    port = free_port()
+    second = start_worker(TAMIYO_SIGNAL_WAIT_SECONDS="60", TAMIYO_METRICS_PORT=str(port), **WORKER_ENV)
     commands.wait_for(lambda ms: len(ms) >= 2, timeout=120, alive=second.alive)
     redecided = decode(commands.messages[1].value()).value
     assert (redecided["decision_id"], redecided["layer_name"]) == (decision_id, "layers.1"), redecided
@@ -87,6 +88,14 @@ def test_after_a_crash_the_gate_and_replay_follow_the_command_the_host_applied(t
     (later,) = [d for d in decisions_in(experience.messages) if d["epoch"] == 2]
     assert later["layer_name"] != "layers.2", later
     assert second.alive()
+    deadline, corrections = time.monotonic() + 30, 0.0
+    while corrections < 1 and time.monotonic() < deadline:  # counters are exported every 5 s
+        time.sleep(1.0)
+        corrections = sum(m.value for m in scrape(port)["tamiyo_events"]
+                          if m.name.endswith("_total") and m.labels["kind"] == "host_corrections")
+    # The APPLIED answer (the gate did not know layers.2), and the DUPLICATE too when it came second
+    # (the gate then still held the re-decision's seed); never the answers of an ordinary epoch.
+    assert 1 <= corrections <= 2
 
     # Both records of epoch 1 are archived; replay keeps the one the host applied.
     from training.episodes import COMMANDS_UNDECODED, EPISODE_TYPES, group_episodes

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from training.episodes import RewardConfig, group_episodes, redecided_ids, same_action, transitions
+from training.episodes import RewardConfig, group_episodes, redecided_ids, same_action, transitions, unmatched_ids
 from training.replay import ExperienceRecord
 
 CFG = RewardConfig(horizon=2, parameter_cost=1e-4, default_reward=-0.05, dead_after_s=120.0)
@@ -197,6 +197,22 @@ def test_a_command_outcome_v2_says_which_redecision_the_host_handled() -> None:
     # A v1 outcome (no action named) leaves it to the archived commands.
     v1 = {k: v for k, v in answer(germinate).items() if k not in ("action", "layer_name", "seed_index", "kernel")}
     assert redecided(germinate, other, [command(other)], [v1]) is other
+
+
+def test_a_decision_whose_handled_record_is_not_in_the_data_is_left_out() -> None:
+    """The replay window starts between two differing records of one id: the record it holds is not
+    the command the host's outcome names, so training must not learn from it."""
+    germinate, other = decision("m", 0, 1, action=1), decision("m", 0, 2, action=2) | {"kernel": "mlp_wide"}
+    later = decision("m", 1, 3, action=0)
+    items = [("EpochOutcome", epoch_outcome("m", 0, 1, 1.0)), ("DecisionRecord", other),
+             ("CommandOutcome", answer(germinate, "DUPLICATE")), ("EpochOutcome", epoch_outcome("m", 1, 3, 0.8)),
+             ("DecisionRecord", later), ("EpochOutcome", epoch_outcome("m", 2, 4, 0.7, final=True))]
+    episodes = group_episodes(as_records(items))
+    assert unmatched_ids(episodes) == 1 and list(episodes["m", "run-1"].decisions) == ["m-d1"]
+    assert [t.epoch for t in transitions(episodes, RewardConfig(horizon=1), 10)] == [1]
+    # the same data with the handled record: nothing is left out
+    episodes = group_episodes(as_records([("DecisionRecord", germinate)] + items))
+    assert unmatched_ids(episodes) == 0 and episodes["m", "run-1"].decisions["m-d0"] is germinate
 
 
 def test_commands_are_decoded_only_for_differing_redecisions_and_bad_ones_are_passed_over(caplog) -> None:

@@ -184,6 +184,7 @@ def test_replay_then_train_from_the_experience_topic(topics_ready, tracking_uri,
     assert summary["records"] == len(items) + 30 and summary["episodes"] == 40 and summary["finished"] == 40
     assert summary["transitions"] == len(steps) == 320 and summary["imputed_rewards"] == 0
     assert summary["redecided"] == 0  # identical copies are duplicates, not differing re-decisions
+    assert summary["unmatched"] == 0
 
     cfg = TrainConfig(horizon=1, parameter_cost=0.0, **FAST)
     result = cmd_train(settings, cfg, out=out)
@@ -193,5 +194,5 @@ def test_replay_then_train_from_the_experience_topic(topics_ready, tracking_uri,
     data_window = json.loads(Path(client.download_artifacts(result.run_id, "data_window.json", str(tmp_path)))
                              .read_text())
     assert data_window["topic"] == settings.topics.experience and data_window["transitions"] == 320
-    assert data_window["redecided_ids"] == 0
+    assert data_window["redecided_ids"] == 0 and data_window["unmatched_ids"] == 0
     assert data_window["records"] == len(items) + 30 and sum(data_window["end_offsets"].values()) == len(items) + 30
