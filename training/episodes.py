@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hosts.commands import ACTION_FIELDS
 from schemas import DecodeError
 from training.replay import ExperienceRecord
 
@@ -122,12 +123,11 @@ class Episode:
 # handled; they are decoded only when some decision id has such records (COMMANDS_UNDECODED).
 EPISODE_TYPES = frozenset({"DecisionRecord", "EpochOutcome", "CommandOutcome", "AdaptationCommand"})
 COMMANDS_UNDECODED = frozenset({"AdaptationCommand"})
-_ACTION_FIELDS = ("action", "layer_name", "seed_index", "kernel")
 
 
 def same_action(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two DecisionRecords (or a record and an AdaptationCommand) name the same action."""
-    return all(a.get(name) == b.get(name) for name in _ACTION_FIELDS)
+    return all(a.get(name) == b.get(name) for name in ACTION_FIELDS)
 
 
 def is_handled(record: dict[str, Any], command: dict[str, Any] | None) -> bool:

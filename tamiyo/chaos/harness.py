@@ -462,15 +462,14 @@ def scan_inputs(settings: Settings, topics: Iterable[str] | None = None) -> Inpu
                 decoded = decode(message.value())
             except DecodeError:
                 continue
+            v = decoded.value
             if decoded.name == "CommandOutcome":
-                scan.statuses[decoded.value["status"]] += 1
-                v = decoded.value
+                scan.statuses[v["status"]] += 1
                 if v["status"] == "APPLIED":
                     scan.applied[v["decision_id"]] += 1
                     if v.get("action") == "GERMINATE" and v.get("layer_name"):
                         scan.adaptations.append((v["model_id"], v["run_id"], v["layer_name"], v["epoch"]))
             elif decoded.name == "EpochOutcome":
-                v = decoded.value
                 scan.epoch_outcomes[(topic, message.partition(), message.offset())] = (
                     v["model_id"], v["run_id"], v["epoch"])
     return scan
