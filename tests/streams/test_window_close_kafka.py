@@ -3,6 +3,7 @@ once their window closes, and an epoch is decided once whichever trigger comes f
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -85,11 +86,14 @@ def test_closed_window_decides_without_outcome_and_each_epoch_once(topics_ready,
 def test_after_a_rebalance_only_the_new_owner_of_a_model_decides_it(topics_ready, start_worker) -> None:
     """One worker folds every model's window; a second joins and takes one partition before the
     window closes. The first keeps the windows it wrote for that partition in memory (Faust's memory
-    store drops only recovered keys of revoked partitions), so only the ownership check stops it from
-    deciding those models too."""
+    store drops only recovered keys of revoked partitions), so only the scan's ownership checks stop
+    it from deciding those models too: the partitions it owns, and the caught-up check, which needs
+    the partition's offsets (with both removed this test fails: those models are decided twice)."""
     settings = topics_ready
     topics = settings.topics
-    window_s = 60
+    # The signals' window must close only after the second worker has joined: it took ~7 s on an
+    # idle 2-core machine, so a window that closes 30-40 s after the signals leaves room for a busy one.
+    window_s, join_budget_s = 10, 30
     env = dict(FAST_WINDOWS, TAMIYO_WINDOW_SECONDS=str(window_s), TAMIYO_WINDOW_EXPIRES_SECONDS="180")
     workers = [start_worker(**env)]
 
@@ -104,11 +108,9 @@ def test_after_a_rebalance_only_the_new_owner_of_a_model_decides_it(topics_ready
     models = [m for p in (0, 1) for m in [n for n in names if partition_for(n.encode(), settings.partitions) == p][:3]]
     experience = TopicCollector(settings, topics.experience)
     produce_records(settings, topics.topology, "ModelTopology", [topology(m) for m in models])
-    # Stamp the signals so that their window closes no sooner than 45 s from now (in a window that
-    # starts up to 15 s ahead, if need be): time for the second worker to start and take its partition.
-    now = time.time()
-    start = now // window_s * window_s
-    stamp_s = start if start + window_s - now >= 45 else start + window_s
+    # Stamp the signals in the first window that closes at least join_budget_s from now (it may start
+    # ahead of now): time for the second worker to start and take its partition.
+    stamp_s = math.ceil((time.time() + join_budget_s) / window_s) * window_s - window_s
     produce_records(settings, topics.health, "HealthSignal",
                     [dict(s, timestamp_ms=int(stamp_s * 1000) + 1) for s in signals_of_epochs(models, range(3))])
     experience.wait_for(lambda ms: sum(header(m, TYPE_HEADER) == "HealthSignal" for m in ms) == 6 * 3 * 4,
@@ -123,7 +125,8 @@ def test_after_a_rebalance_only_the_new_owner_of_a_model_decides_it(topics_ready
     assert not by_model(experience.poll(0.5)), "decided before the window closed"
     assert time.time() < stamp_s + window_s, "the second worker took longer than the window to join"
 
-    experience.wait_for(lambda ms: set(by_model(ms)) >= set(models), timeout=window_s + 60, alive=alive)
+    experience.wait_for(lambda ms: set(by_model(ms)) >= set(models), timeout=join_budget_s + window_s + 60,
+                        alive=alive)
     experience.poll(2 * (2 + 1) + 2)
     decided = by_model(experience.messages)
     assert {m: [(d["epoch"], d["trigger"]) for d in decided[m]] for m in models} == {
