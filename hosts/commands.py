@@ -93,16 +93,17 @@ def apply_once(ledger: CommandLedger, command: dict[str, Any], execute: Callable
     one, or for a DUPLICATE the first one, which differs when a worker re-decided the epoch
     differently after a crash. The controller's gate and training follow what the host did."""
     delta = 0
-    handled = action_of(command)
     if not ledger.first_time(command["decision_id"], command):
         status, reason = "DUPLICATE", "decision already handled"
-        handled = ledger.handled(command["decision_id"]) or {name: None for name in ACTION_FIELDS}
     else:
         try:
             delta = execute(command)
             status, reason = "APPLIED", ""
         except Rejected as exc:
             status, reason = "REJECTED", str(exc)
+    # What the ledger recorded for the id: this command's action when it is the first, else the first
+    # one's (an id recorded by a caller without its command names none).
+    handled = ledger.handled(command["decision_id"]) or {name: None for name in ACTION_FIELDS}
     return {"decision_id": command["decision_id"], "model_id": model_id, "run_id": run_id,
             "epoch": int(command.get("epoch", epoch)), "timestamp_ms": now_ms, "status": status,
             "reason": reason, "parameter_delta": int(delta), **handled}
