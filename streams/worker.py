@@ -116,6 +116,10 @@ async def consumer_lag(app: Any) -> dict[str, int]:
 
 def start_champion_poller(settings: Settings, ctx: Any) -> Any:
     """Serve the registry's champion: poll its alias in a thread, never on the event loop."""
+    # Policy networks need torch_geometric (``models.policy`` imports it lazily): load it now, not
+    # in the poller thread beside a running event loop when the first champion arrives.
+    import torch_geometric.nn  # noqa: F401
+
     from streams.champion import ChampionPoller
     from training.registry import PolicyRegistry, configure_client_env
 
