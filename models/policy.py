@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from types import ModuleType
 from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -340,6 +341,17 @@ def _mlp(head: nn.Sequential, x: Tensor, apply: Callable[[nn.Module, Tensor], Te
     return apply(head[2], F.relu(apply(head[0], x)))
 
 
+def pyg_nn() -> ModuleType:
+    """``torch_geometric.nn``, imported on first use rather than with this module: it (and the
+    torch._dynamo it loads) adds ~2.5 s to every process, and workers serving the heuristic, hosts
+    and the fleet never build a network (a worker's imports 6.3 s -> 4.1 s, measured). PyG's own
+    import-time FutureWarning about ``torch.jit.script`` is kept out of the logs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        import torch_geometric.nn
+    return torch_geometric.nn
+
+
 class TamiyoPolicyGNN(nn.Module):
     """Node-encoder MLP -> residual GCN stack -> mean+max pooling -> heads.
 
@@ -349,11 +361,7 @@ class TamiyoPolicyGNN(nn.Module):
     """
 
     def __init__(self, config: PolicyConfig | None = None):
-        # Imported here, not at the top: torch_geometric (and the torch._dynamo it loads) adds ~2.5 s
-        # to every process that imports this module, and workers serving the heuristic, hosts and
-        # the fleet never build a network (measured: a worker's imports 6.3 s -> 3.9 s).
-        from torch_geometric.nn import GCNConv
-
+        GCNConv = pyg_nn().GCNConv
         super().__init__()
         self.config = cfg = config or PolicyConfig()
         h = cfg.hidden_dim
@@ -400,14 +408,13 @@ class TamiyoPolicyGNN(nn.Module):
         """Reference path, written the usual torch_geometric way (module calls, ``GCNConv``, global
         pooling). x [N_total, F], edge_index [2, E_total] (pass undirected edges, as :func:`collate`
         builds), batch [N_total] long -> PolicyOutput([N_total, K], [G], [G])."""
-        from torch_geometric.nn import global_max_pool, global_mean_pool
-
+        pyg = pyg_nn()
         h = self._encode(x, self.training, _call)
         for conv in self.gnn_layers:
             h = h + F.relu(conv(h, edge_index))
             h = F.dropout(h, p=self.config.dropout, training=self.training)
         pooled = torch.cat(
-            (global_mean_pool(h, batch, size=num_graphs), global_max_pool(h, batch, size=num_graphs)), dim=1
+            (pyg.global_mean_pool(h, batch, size=num_graphs), pyg.global_max_pool(h, batch, size=num_graphs)), dim=1
         )
         return self._heads(h, pooled, batch, _call)
 

@@ -116,13 +116,11 @@ async def consumer_lag(app: Any) -> dict[str, int]:
 
 def start_champion_poller(settings: Settings, ctx: Any) -> Any:
     """Serve the registry's champion: poll its alias in a thread, never on the event loop."""
-    # Policy networks need torch_geometric (``models.policy`` imports it lazily): load it now, not
-    # in the poller thread beside a running event loop when the first champion arrives.
-    import torch_geometric.nn  # noqa: F401
-
+    from models.policy import pyg_nn
     from streams.champion import ChampionPoller
     from training.registry import PolicyRegistry, configure_client_env
 
+    pyg_nn()  # networks need it: import it now, not in the poller thread beside the running event loop
     configure_client_env()
     registry = PolicyRegistry(settings.tracking_uri, settings.registered_model)
     poller = ChampionPoller(registry, ctx.policy, settings.champion_poll_seconds,
