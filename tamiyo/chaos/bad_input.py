@@ -18,6 +18,7 @@ import numpy as np
 
 from schemas import encode
 from tamiyo.chaos.harness import ChaosEnv, Observer, audit, produce_with_positions, progress, wait_until
+from tamiyo.chaos.report import scenario_result
 from tamiyo.config import Settings
 
 PARK_SECONDS = 2.0
@@ -302,28 +303,23 @@ def run(env: ChaosEnv, quick: bool = False, scale: Scale | None = None, seed: in
         "at_least_1000_bad": len(bad) >= 1000 or scale.bad < 1000,
         "many_kinds": len(by_kind) >= 10,
     }
-    return {
-        "passed": all(checks.values()),
-        "checks": checks,
-        "bad_inputs": len(bad),
-        "dead_lettered": result.dead_lettered,
-        "lost": result.lost,
-        "crashes": 0,
-        "duplicate_applies": result.duplicate_applies,
-        "valid_inputs": result.valid_inputs,
-        "archived_duplicates": result.archived_duplicates,
-        "wrong_reason": wrong_reason,
-        "wrongly_dead_lettered": result.wrongly_dead_lettered,
-        "valid_epoch_outcomes": len(valid_outcomes),
-        "undecided_last_epochs": undecided,
-        "coalesced_epoch_outcomes": coalesced,
-        "decisions": result.decisions,
-        "by_kind": by_kind,
-        "park_seconds": PARK_SECONDS,
-        "max_message_bytes": MAX_MESSAGE_BYTES,
-        "drain_seconds": round(drained_s, 1),
-        "worker_exit_after_stop": worker.returncode,
-        "worker_logged_tracebacks": worker_log.count("Traceback"),
-        "lost_examples": result.lost_examples,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return scenario_result(
+        checks, lost=result.lost, crashes=0, duplicate_applies=result.duplicate_applies, bad_inputs=len(bad),
+        dead_lettered=result.dead_lettered,
+        valid_inputs=result.valid_inputs,
+        archived_duplicates=result.archived_duplicates,
+        wrong_reason=wrong_reason,
+        wrongly_dead_lettered=result.wrongly_dead_lettered,
+        valid_epoch_outcomes=len(valid_outcomes),
+        undecided_last_epochs=undecided,
+        coalesced_epoch_outcomes=coalesced,
+        decisions=result.decisions,
+        by_kind=by_kind,
+        park_seconds=PARK_SECONDS,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        drain_seconds=round(drained_s, 1),
+        worker_exit_after_stop=worker.returncode,
+        worker_logged_tracebacks=worker_log.count("Traceback"),
+        lost_examples=result.lost_examples,
+        seconds=round(time.monotonic() - started, 1),
+    )

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from tamiyo.chaos.harness import ChaosEnv, FleetThread, Observer, audit, progress, wait_until
+from tamiyo.chaos.report import scenario_result
 
 
 def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -78,22 +79,16 @@ def _run(env: ChaosEnv, broker: Any, quick: bool, seed: int) -> dict[str, Any]:
         "every_command_archived": result.commands_unarchived == 0,
         "no_duplicate_applies": result.duplicate_applies == 0,
     }
-    return {
-        "passed": all(checks.values()),
-        "checks": checks,
-        "bad_inputs": 0,
-        "dead_lettered": 0,
-        "lost": result.lost,
-        "crashes": len(restarts),
-        "duplicate_applies": result.duplicate_applies,
-        "recovery_seconds": {f"broker_{r['kind'].replace(' ', '').replace('-', '')}":
-                             r["broker_up_to_first_decision_s"] for r in restarts},
-        "restarts": restarts,
-        "worker_exit_code": exit_code,
-        "valid_inputs": result.valid_inputs,
-        "archived_duplicates": result.archived_duplicates,
-        "decisions": result.decisions,
-        "fleet": stats.as_dict() if stats else None,
-        "lost_examples": result.lost_examples,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return scenario_result(
+        checks, lost=result.lost, crashes=len(restarts), duplicate_applies=result.duplicate_applies,
+        recovery_seconds={f"broker_{r['kind'].replace(' ', '').replace('-', '')}": r["broker_up_to_first_decision_s"]
+                          for r in restarts},
+        restarts=restarts,
+        worker_exit_code=exit_code,
+        valid_inputs=result.valid_inputs,
+        archived_duplicates=result.archived_duplicates,
+        decisions=result.decisions,
+        fleet=stats.as_dict() if stats else None,
+        lost_examples=result.lost_examples,
+        seconds=round(time.monotonic() - started, 1),
+    )

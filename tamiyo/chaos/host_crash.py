@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from tamiyo.chaos.harness import ChaosEnv, FleetThread, Observer, audit, consumer_lag, progress, wait_until
+from tamiyo.chaos.report import scenario_result
 
 DEAD_AFTER_S = 3.0
 
@@ -109,24 +110,18 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0, real_host: bool | Non
         "dead_runs_end_with_default_reward": bool(open_runs) and ended_by_default == len(open_runs),
         "live_runs_not_imputed": survivor_imputed == 0,
     }
-    return {
-        "passed": all(checks.values()),
-        "checks": checks,
-        "bad_inputs": 0,
-        "dead_lettered": 0,
-        "lost": result.lost,
-        "crashes": len(doomed_ids),
-        "duplicate_applies": result.duplicate_applies,
-        "hosts_killed": sorted(doomed_ids),
-        "real_host_killed": real_host,
-        "dead_after_s": DEAD_AFTER_S,
-        "default_reward": cfg.default_reward,
-        "dead_runs": len(open_runs),
-        "dead_runs_ended_by_default": ended_by_default,
-        "dead_run_details": details[:10],
-        "survivor_imputed_transitions": survivor_imputed,
-        "lag_after": lag_after,
-        "decisions": result.decisions,
-        "survivor_fleet": stats.as_dict() if stats else None,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return scenario_result(
+        checks, lost=result.lost, crashes=len(doomed_ids), duplicate_applies=result.duplicate_applies,
+        hosts_killed=sorted(doomed_ids),
+        real_host_killed=real_host,
+        dead_after_s=DEAD_AFTER_S,
+        default_reward=cfg.default_reward,
+        dead_runs=len(open_runs),
+        dead_runs_ended_by_default=ended_by_default,
+        dead_run_details=details[:10],
+        survivor_imputed_transitions=survivor_imputed,
+        lag_after=lag_after,
+        decisions=result.decisions,
+        survivor_fleet=stats.as_dict() if stats else None,
+        seconds=round(time.monotonic() - started, 1),
+    )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tamiyo.chaos.harness import ChaosEnv, LagSampler, Observer, audit, consumer_lag, progress, trend, wait_until
+from tamiyo.chaos.report import scenario_result
 
 
 @dataclass(frozen=True)
@@ -89,30 +90,24 @@ def run(env: ChaosEnv, quick: bool = False, scale: Scale | None = None, seed: in
         "no_input_lost": result.lost == 0,
         "fleet_delivered_everything": failures is not None and int(failures.group(1)) == 0,
     }
-    return {
-        "passed": all(checks.values()),
-        "checks": checks,
-        "bad_inputs": 0,
-        "dead_lettered": 0,
-        "lost": result.lost,
-        "crashes": 0,
-        "duplicate_applies": result.duplicate_applies,
-        "models": scale.models,
-        "duration_s": scale.duration_s,
-        "epoch_interval_s": scale.epoch_interval_s,
-        "input_messages": scan.messages,
-        "fleet_messages_produced": int(produced.group(1)) if produced else None,
-        "input_rate_per_s": round(input_rate, 1),
-        "decisions": result.decisions,
-        "peak_rss_mb": max(rss) if rss else None,
-        "rss_mb_by_third": rss_thirds,
-        "rss_slope_mb_per_min": round(rss_slope * 60, 2),
-        "rss_limit_mb": RSS_LIMIT_MB,
-        "lag_by_third": lag_thirds,
-        "lag_max": max(lags) if lags else None,
-        "lag_slope_per_s": round(lag_slope, 2),
-        "lag_bound": round(lag_bound, 1),
-        "drain_seconds": None if drain_s is None else round(drain_s, 1),
-        "samples": sampler.samples,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return scenario_result(
+        checks, lost=result.lost, crashes=0, duplicate_applies=result.duplicate_applies,
+        models=scale.models,
+        duration_s=scale.duration_s,
+        epoch_interval_s=scale.epoch_interval_s,
+        input_messages=scan.messages,
+        fleet_messages_produced=int(produced.group(1)) if produced else None,
+        input_rate_per_s=round(input_rate, 1),
+        decisions=result.decisions,
+        peak_rss_mb=max(rss) if rss else None,
+        rss_mb_by_third=rss_thirds,
+        rss_slope_mb_per_min=round(rss_slope * 60, 2),
+        rss_limit_mb=RSS_LIMIT_MB,
+        lag_by_third=lag_thirds,
+        lag_max=max(lags) if lags else None,
+        lag_slope_per_s=round(lag_slope, 2),
+        lag_bound=round(lag_bound, 1),
+        drain_seconds=None if drain_s is None else round(drain_s, 1),
+        samples=sampler.samples,
+        seconds=round(time.monotonic() - started, 1),
+    )

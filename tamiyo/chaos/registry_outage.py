@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from tamiyo.chaos.harness import ChaosEnv, ChildProcess, FleetThread, Observer, audit, progress, wait_until
+from tamiyo.chaos.report import scenario_result
 
 POLL_SECONDS = 1.0
 T = TypeVar("T")
@@ -224,26 +225,20 @@ def _run(env: ChaosEnv, quick: bool, seed: int) -> dict[str, Any]:
         "pickle_payload_never_ran": not marker.exists(),
         "no_input_lost": result.lost == 0,
     }
-    return {
-        "passed": all(checks.values()),
-        "checks": checks,
-        "bad_inputs": 0,
-        "dead_lettered": 0,
-        "lost": result.lost,
-        "crashes": 1,
-        "duplicate_applies": result.duplicate_applies,
-        "recovery_seconds": {"registry_new_champion": round(swap_s, 1)},
-        "outage_kind": "server frozen (SIGSTOP/SIGCONT)" if freeze else "server stopped and restarted",
-        "registry_outage_seconds": round(outage_total_s, 1),
-        "decisions_during_outage": len(during_all),
-        "versions_during_outage": outage_versions,
-        "outage_logged": outage_logged,
-        "recovery_logged": recovered_logged,
-        "promotion_to_first_decision_s": round(swap_s, 1),
-        "champion_poll_seconds": POLL_SECONDS,
-        "refused_versions": refused,
-        "versions_after_refusals": after_bad_versions,
-        "decisions": result.decisions,
-        "fleet": stats.as_dict() if stats else None,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return scenario_result(
+        checks, lost=result.lost, crashes=1, duplicate_applies=result.duplicate_applies,
+        recovery_seconds={"registry_new_champion": round(swap_s, 1)},
+        outage_kind="server frozen (SIGSTOP/SIGCONT)" if freeze else "server stopped and restarted",
+        registry_outage_seconds=round(outage_total_s, 1),
+        decisions_during_outage=len(during_all),
+        versions_during_outage=outage_versions,
+        outage_logged=outage_logged,
+        recovery_logged=recovered_logged,
+        promotion_to_first_decision_s=round(swap_s, 1),
+        champion_poll_seconds=POLL_SECONDS,
+        refused_versions=refused,
+        versions_after_refusals=after_bad_versions,
+        decisions=result.decisions,
+        fleet=stats.as_dict() if stats else None,
+        seconds=round(time.monotonic() - started, 1),
+    )

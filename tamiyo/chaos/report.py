@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import Any
 
 TOTALS = ("bad_inputs", "dead_lettered", "crashes", "lost", "duplicate_applies")
+
+
+def scenario_result(checks: dict[str, bool], *, lost: int, crashes: int, duplicate_applies: int,
+                    bad_inputs: int = 0, dead_lettered: int = 0, **figures: Any) -> dict[str, Any]:
+    """What a scenario's ``run`` returns: ``passed`` (every check held), the checks, the ``TOTALS``
+    the report sums, then the scenario's own figures (``recovery_seconds``: {label: seconds})."""
+    return {"passed": all(checks.values()), "checks": checks, "bad_inputs": bad_inputs,
+            "dead_lettered": dead_lettered, "lost": lost, "crashes": crashes,
+            "duplicate_applies": duplicate_applies, **figures}
 NOTES = [
     "Counts come from the topics: inputs are matched to the experience archive and the dead-letter topic by "
     "(topic, partition, offset); duplicate_applies counts CommandOutcome APPLIED per decision_id beyond the first.",

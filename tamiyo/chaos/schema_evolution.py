@@ -27,6 +27,7 @@ import numpy as np
 from schemas import encode
 from schemas.codec import SCHEMA_DIR, SchemaRegistry, release_order
 from tamiyo.chaos.harness import ChaosEnv, Observer, audit, produce_with_positions, progress, wait_until
+from tamiyo.chaos.report import scenario_result
 
 EVOLVED = ("HealthSignal", "EpochOutcome", "ModelTopology")
 NEW_FIELD = {"name": "note", "type": ["null", "string"], "default": None,
@@ -128,21 +129,15 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "new_writers_decided": len(decided_new) == models // 2,
         "old_record_reads_default": resolved_note is None,
     }
-    return {
-        "passed": all(checks.values()),
-        "checks": checks,
-        "bad_inputs": 0,
-        "dead_lettered": len(dead),
-        "lost": result.lost,
-        "crashes": 0,
-        "duplicate_applies": 0,
-        "evolved_schemas": list(EVOLVED),
-        "added_field": NEW_FIELD["name"],
-        "messages_old_schema_v1": old_count,
-        "messages_new_schema_v2": len(delivered) - old_count,
-        "models_decided_old_writer": len(decided_old),
-        "models_decided_new_writer": len(decided_new),
-        "decisions": result.decisions,
-        "unit_test": "tests/schemas/test_codec.py::test_old_writer_version_resolves_against_current_reader",
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return scenario_result(
+        checks, lost=result.lost, crashes=0, duplicate_applies=0, dead_lettered=len(dead),
+        evolved_schemas=list(EVOLVED),
+        added_field=NEW_FIELD["name"],
+        messages_old_schema_v1=old_count,
+        messages_new_schema_v2=len(delivered) - old_count,
+        models_decided_old_writer=len(decided_old),
+        models_decided_new_writer=len(decided_new),
+        decisions=result.decisions,
+        unit_test="tests/schemas/test_codec.py::test_old_writer_version_resolves_against_current_reader",
+        seconds=round(time.monotonic() - started, 1),
+    )

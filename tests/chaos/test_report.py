@@ -9,7 +9,7 @@ import pytest
 
 from tamiyo.chaos import SCENARIOS, main, run_chaos
 from tamiyo.chaos.harness import trend
-from tamiyo.chaos.report import TOTALS, build_report, summary_lines, write_report
+from tamiyo.chaos.report import TOTALS, build_report, scenario_result, summary_lines, write_report
 
 
 def test_report_sums_scenarios_and_takes_the_worst_recovery(tmp_path) -> None:
@@ -30,6 +30,17 @@ def test_report_sums_scenarios_and_takes_the_worst_recovery(tmp_path) -> None:
     path = write_report(report, tmp_path / "out" / "report.json")
     assert json.loads(path.read_text())["lost"] == 2
     assert "FAILED" in summary_lines(report)[0]
+
+
+def test_a_scenario_result_passes_only_when_every_check_held_and_carries_every_total() -> None:
+    held = scenario_result({"a": True, "b": True}, lost=0, crashes=2, duplicate_applies=0, seconds=4.0)
+    assert held["passed"] and set(TOTALS) <= set(held) and held["crashes"] == 2 and held["seconds"] == 4.0
+    assert (held["bad_inputs"], held["dead_lettered"]) == (0, 0)
+    failed = scenario_result({"a": True, "b": False}, lost=1, crashes=0, duplicate_applies=0, bad_inputs=5,
+                             dead_lettered=4)
+    assert not failed["passed"] and (failed["bad_inputs"], failed["dead_lettered"], failed["lost"]) == (5, 4, 1)
+    report = build_report({"x": held, "y": failed}, time.monotonic(), quick=True, broker="test")
+    assert (report["crashes"], report["lost"], report["failed"]) == (2, 1, {"y": ["b"]})
 
 
 def test_unknown_scenarios_are_refused_before_anything_starts(tmp_path) -> None:
