@@ -210,8 +210,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
                       done=lambda s: s["decisions"] >= options.collect_min_decisions)
         if options.learning:
             learning = _learn_and_swap(settings, options, tally, processes)
-            if learning["learned_policy_version"] != "none":  # else the same policy would just go on serving
+            if learning["learned_policy_version"] != "none":
                 _progress(tally, options.duration_s - collect_s, processes, "learned")
+            else:
+                print("no learned policy is serving: the second traffic phase is skipped")
         for host in hosts:
             try:
                 host.wait(timeout=max(5.0, options.drain_timeout_s))
