@@ -294,3 +294,18 @@ def test_distributions_never_use_dropout(graphs) -> None:
         assert np.array_equal(a, c)
     lp1, lp2 = policy.log_probs(b, masks), policy.log_probs(b, masks)  # training: dropout active
     assert not torch.equal(lp1.values, lp2.values)
+
+
+def test_a_worker_serving_the_heuristic_never_imports_torch_geometric() -> None:
+    """PyG (and the torch._dynamo it loads) costs every process ~2.5 s at start: only building a
+    network may import it. A fresh interpreter, since this test module imports PyG itself."""
+    import subprocess
+    import sys
+
+    script = ("import sys, streams.worker, hosts.fleet, models.decide, models.heuristic\n"
+              "assert 'torch_geometric' not in sys.modules, 'imported by a module'\n"
+              "import warnings; warnings.simplefilter('error')\n"
+              "from models.policy import TamiyoPolicyGNN; TamiyoPolicyGNN()\n"  # PyG's own FutureWarning is kept out
+              "assert 'torch_geometric.nn' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
