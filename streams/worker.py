@@ -21,15 +21,14 @@ def run_worker(settings: Settings) -> int:
     """Block until SIGINT/SIGTERM; returns the exit code."""
     limit_torch_threads(settings.torch_threads)
     app, ctx = create_app(settings)
+    # Before the freeze: what the poller imports (torch_geometric alone is ~200k objects, a ~90 ms
+    # full collection if left unfrozen) and the first champion live as long as the rest.
+    poller = start_champion_poller(settings, ctx) if settings.policy == "champion" else None
     frozen = freeze_startup_heap()  # torch, Faust, the policy: never garbage, never walked again
     pauses = GcPauses().install()
     if settings.metrics_port:
         ctx.metrics.serve(settings.metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
-
-    poller = None
-    if settings.policy == "champion":
-        poller = start_champion_poller(settings, ctx)
 
     @app.timer(interval=5.0)
     async def refresh_metrics() -> None:
