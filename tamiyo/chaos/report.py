@@ -18,6 +18,8 @@ def scenario_result(checks: dict[str, bool], *, lost: int, crashes: int, duplica
     return {"passed": all(checks.values()), "checks": checks, "bad_inputs": bad_inputs,
             "dead_lettered": dead_lettered, "lost": lost, "crashes": crashes,
             "duplicate_applies": duplicate_applies, **figures}
+
+
 NOTES = [
     "Counts come from the topics: inputs are matched to the experience archive and the dead-letter topic by "
     "(topic, partition, offset); duplicate_applies counts CommandOutcome APPLIED per decision_id beyond the first.",

@@ -260,7 +260,8 @@ def run(env: ChaosEnv, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "fleet_delivered_everything": stats.delivery_failures == 0,
     }
     return scenario_result(
-        checks, lost=result.lost, crashes=len(phases), duplicate_applies=result.duplicate_applies, dead_lettered=parked_dead,
+        checks, lost=result.lost, crashes=len(phases), duplicate_applies=result.duplicate_applies,
+        dead_lettered=parked_dead,
         recovery_seconds={p["kind"].split(" ")[0]: p["kill_to_first_decision_s"] for p in phases},
         phases=phases,
         session_timeout_s=SESSION_TIMEOUT_S,
