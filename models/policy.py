@@ -21,6 +21,7 @@ layer with no neighbours.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from types import ModuleType
@@ -341,22 +342,17 @@ def _mlp(head: nn.Sequential, x: Tensor, apply: Callable[[nn.Module, Tensor], Te
     return apply(head[2], F.relu(apply(head[0], x)))
 
 
-_PYG_NN: ModuleType | None = None
-
-
+@functools.cache
 def pyg_nn() -> ModuleType:
     """``torch_geometric.nn``, imported on first use rather than with this module: it (and the
     torch._dynamo it loads) adds ~2.5 s to every process, and workers serving the heuristic, hosts
     and the fleet never build a network (a worker's imports 6.3 s -> 4.1 s, measured). PyG's own
     import-time FutureWarning about ``torch.jit.script`` is kept out of the logs (the filters are
     touched only on the first call: ``catch_warnings`` is not thread-safe)."""
-    global _PYG_NN
-    if _PYG_NN is None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-            import torch_geometric.nn
-        _PYG_NN = torch_geometric.nn
-    return _PYG_NN
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        import torch_geometric.nn
+    return torch_geometric.nn
 
 
 class TamiyoPolicyGNN(nn.Module):
