@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from training.ope import OPEReport
@@ -30,6 +31,12 @@ def judge(challenger: OPEReport, champion: OPEReport, cfg: GateConfig) -> GateVe
     name = cfg.estimator if cfg.estimator in challenger.estimates and cfg.estimator in champion.estimates else "snips"
     ours = challenger.estimates[name]
     theirs = champion.estimates[name]
+    # NaN compares False with everything: without this a NaN estimate would pass the comparison below.
+    broken = [label for label, x in (("challenger lower bound", ours.low), ("champion value", theirs.value),
+                                     ("challenger effective sample size", challenger.effective_sample_size))
+              if not math.isfinite(x)]
+    if broken:
+        return GateVerdict(False, f"{name}: {', '.join(broken)} not finite", ours.low, theirs.value)
     if challenger.effective_sample_size < cfg.min_effective_sample_size:
         return GateVerdict(False, f"effective sample size {challenger.effective_sample_size:.1f} < floor "
                                   f"{cfg.min_effective_sample_size:.1f}", ours.low, theirs.value)

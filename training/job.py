@@ -153,8 +153,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
                                  start_offsets=cfg.start_offsets, end_offsets=cfg.end_offsets, progress=cfg.progress,
                                  types=EPISODE_TYPES, undecoded=COMMANDS_UNDECODED)
         episodes = group_episodes(records)
-        # "Dead" hosts are judged against the end of the data: the window's end, else now.
-        data_end_ms = cfg.end_ms if cfg.end_ms is not None else int(time.time() * 1000)
+        data_end_ms = data_end(cfg, records)
         steps = transitions(episodes, cfg.reward_config(), data_end_ms)
     log.info("replayed %d records: %d episodes, %d transitions", len(records), len(episodes), len(steps))
     data_window = window.as_dict() | {"episodes": len(episodes), "transitions": len(steps),
@@ -163,6 +162,16 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     result = train_on_transitions(settings, cfg, steps, data_window)
     result.seconds["replay"] = time.perf_counter() - t0 - sum(result.seconds.values())
     return result
+
+
+def data_end(cfg: TrainConfig, records: list[Any]) -> int:
+    """The time "dead" hosts are judged against (ms): the window's end time; with end offsets, the
+    newest record read (a run silent since then is not dead only because the window is old); else now."""
+    if cfg.end_ms is not None:
+        return cfg.end_ms
+    if cfg.end_offsets:
+        return max((record.timestamp_ms for record in records), default=int(time.time() * 1000))
+    return int(time.time() * 1000)
 
 
 def train_on_transitions(
@@ -216,7 +225,7 @@ def train_on_transitions(
     window = data_window or {"source": "transitions passed in memory", "transitions": len(steps)}
     with _timed(seconds, "mlflow"):
         run_id, version, promoted, reason = _log_run(registry, settings, cfg, fitted.policy, history, table,
-                                                     reports, verdict, baseline, window, stats)
+                                                     reports, verdict, baseline, window, stats, champion_before)
     log.info("challenger v%s: %s (%s)", version, "promoted" if promoted else "not promoted", reason)
     return TrainResult(version=version, promoted=promoted, reason=reason, ope=reports, ope_table=table,
                        baseline=baseline, champion_before=champion_before, n_transitions=len(data),
@@ -236,6 +245,7 @@ def _log_run(
     baseline: str,
     data_window: dict[str, Any],
     stats: dict[str, float],
+    champion_before: str | None,
 ) -> tuple[str, str, bool, str]:
     """One MLflow run: params, data window, curves, OPE, figures; then register and gate."""
     import mlflow
@@ -270,8 +280,8 @@ def _log_run(
                 **{f"ope_{name}": f"{e.value:.6g}" for name, e in reports["challenger"].estimates.items()}})
         promoted, reason = False, verdict.reason
         if verdict.promote and cfg.promote:
-            registry.promote(version, verdict.reason, by=f"training run {run_id}")
-            promoted = True
+            promoted, reason = _promote_checked(registry, version, verdict.reason, f"training run {run_id}",
+                                                champion_before)
         elif verdict.promote:
             reason = f"{verdict.reason} (passed the gate; promotion disabled)"
             registry.client.set_model_version_tag(registry.name, version, "gate", "passed")
@@ -281,6 +291,30 @@ def _log_run(
         mlflow.set_tags({"registered_model": registry.name, "registered_version": version,
                          "gate.baseline": baseline, "gate.promoted": str(promoted), "gate.reason": reason[:5000]})
     return run_id, version, promoted, reason
+
+
+def _promote_checked(registry: PolicyRegistry, version: str, reason: str, by: str,
+                     champion_before: str | None) -> tuple[bool, str]:
+    """Promote a version that passed the gate, unless workers could not load it (the checks
+    ``tamiyo promote`` makes: shapes, finite weights, smoke inference) or the champion it was
+    compared with has been replaced meanwhile. Returns (promoted, reason); a refusal is tagged."""
+    from models.checkpoint import IncompatiblePolicyError
+    from training.registry import ChampionMoved
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            registry.load(version, Path(tmp))
+        except IncompatiblePolicyError as exc:
+            refused = f"passed the gate but workers could not load it: {exc}"
+            registry.reject(version, refused)
+            return False, refused
+    try:
+        registry.promote(version, reason, by=by, expected_champion=champion_before)
+    except ChampionMoved as exc:
+        refused = f"passed the gate but was not promoted: {exc}"
+        registry.reject(version, refused)
+        return False, refused
+    return True, reason
 
 
 def ope_table(reports: dict[str, OPEReport], versions: dict[str, str | None] | None = None) -> list[dict[str, Any]]:

@@ -29,6 +29,13 @@ def configure_client_env(max_retries: int = 0, timeout_s: int = 5) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+ANY = object()  # promote(): no expectation about the current champion
+
+
+class ChampionMoved(RuntimeError):
+    """The champion changed between a challenger's evaluation and its promotion."""
+
+
 @dataclass(frozen=True)
 class ChampionRef:
     version: str
@@ -89,8 +96,20 @@ class PolicyRegistry:
         except MlflowException:
             return None
 
-    def promote(self, version: str, reason: str, by: str = "tamiyo") -> None:
+    def promote(self, version: str, reason: str, by: str = "tamiyo",
+                expected_champion: str | None | object = ANY) -> None:
+        """Point ``champion`` at ``version`` (the old champion becomes ``previous``).
+
+        ``expected_champion``: the version the caller compared against (None: there was none).
+        When the alias has moved since, ``ChampionMoved`` is raised and nothing changes: a job must
+        not replace a champion it never measured. (MLflow has no compare-and-set for aliases, so
+        this narrows the window between two jobs to the two calls here; it does not close it.)"""
         current = self.champion()
+        if expected_champion is not ANY and (current.version if current else None) != expected_champion:
+            raise ChampionMoved(f"{self.name}: the champion is now "
+                                f"{'v' + current.version if current else 'unset'}, not "
+                                f"{'v' + str(expected_champion) if expected_champion else 'unset'} as when "
+                                f"v{version} was evaluated")
         if current is not None and current.version != str(version):
             self.client.set_registered_model_alias(self.name, PREVIOUS, current.version)
         self.client.set_registered_model_alias(self.name, CHAMPION, str(version))

@@ -196,3 +196,16 @@ def test_replay_then_train_from_the_experience_topic(topics_ready, tracking_uri,
     assert data_window["topic"] == settings.topics.experience and data_window["transitions"] == 320
     assert data_window["redecided_ids"] == 0 and data_window["unmatched_ids"] == 0
     assert data_window["records"] == len(items) + 30 and sum(data_window["end_offsets"].values()) == len(items) + 30
+
+
+def test_dead_runs_are_judged_against_the_end_of_the_data_window() -> None:
+    """With end offsets, "now" would make every run of an old window look silent for hours."""
+    from training.job import data_end
+    from training.replay import ExperienceRecord
+
+    records = [ExperienceRecord("EpochOutcome", {}, 0, i, ts) for i, ts in enumerate((5_000, 9_000, 7_000))]
+    assert data_end(TrainConfig(end_ms=8_000, end_offsets={0: 3}), records) == 8_000
+    assert data_end(TrainConfig(end_offsets={0: 3}), records) == 9_000
+    before = int(time.time() * 1000)
+    assert before <= data_end(TrainConfig(), records) <= int(time.time() * 1000)
+    assert before <= data_end(TrainConfig(end_offsets={0: 0}), []) <= int(time.time() * 1000)

@@ -57,3 +57,24 @@ def test_gate_promotes_a_better_policy_and_refuses_a_worse_one() -> None:
     strict = GateConfig(estimator="snips", min_effective_sample_size=10_000)
     refused = judge(better, champion, strict)
     assert not refused.promote and "effective sample size" in refused.reason
+
+
+def test_gate_refuses_a_challenger_whose_estimates_are_not_finite() -> None:
+    """NaN compares False with everything: a NaN estimate (a diverged Q or policy) must not promote."""
+    import dataclasses
+
+    actions, rewards, mu, behaviour = logged_bandit(2000, 3)
+    champion = evaluate(rewards, behaviour[actions], mu, bootstrap=100)
+    better = evaluate(rewards, np.array([0.05, 0.15, 0.8])[actions], mu, bootstrap=100)
+    cfg = GateConfig(estimator="snips", min_effective_sample_size=100)
+    assert judge(better, champion, cfg).promote
+    nan_low = dataclasses.replace(better, estimates={**better.estimates, "snips": dataclasses.replace(
+        better.estimates["snips"], low=float("nan"))})
+    nan_champion = dataclasses.replace(champion, estimates={**champion.estimates, "snips": dataclasses.replace(
+        champion.estimates["snips"], value=float("nan"))})
+    nan_ess = dataclasses.replace(better, effective_sample_size=float("nan"))
+    for challenger, baseline, what in ((nan_low, champion, "challenger lower bound"),
+                                       (better, nan_champion, "champion value"),
+                                       (nan_ess, champion, "effective sample size")):
+        verdict = judge(challenger, baseline, cfg)
+        assert not verdict.promote and "not finite" in verdict.reason and what in verdict.reason

@@ -16,8 +16,8 @@ from models.policy import PolicyConfig, TamiyoPolicyGNN, collate
 from tamiyo.config import Settings
 from training.cli import cmd_promote, cmd_rollback
 from training.dataset import TransitionDataset, synthetic_transitions
-from training.job import ensure_experiment
-from training.registry import CHAMPION, PREVIOUS, PolicyRegistry
+from training.job import _promote_checked, ensure_experiment
+from training.registry import CHAMPION, PREVIOUS, ChampionMoved, PolicyRegistry
 
 
 @pytest.fixture
@@ -84,6 +84,37 @@ def test_promote_sets_champion_and_previous_and_rollback_swaps_them(registry, tm
     assert registry.client.get_model_version("test-policy", v2).tags["gate"] == "rolled_back"
     registry.reject(v2, "worse on held-out data")
     assert registry.client.get_model_version("test-policy", v2).tags["rejection_reason"] == "worse on held-out data"
+
+
+def test_promote_refuses_when_the_champion_moved_since_the_evaluation(registry, tmp_path) -> None:
+    v1, v2, v3 = (register(registry, tmp_path, policy(i), name) for i, name in ((1, "a"), (2, "b"), (3, "c")))
+    registry.promote(v1, "first", expected_champion=None)
+    with pytest.raises(ChampionMoved, match="champion is now v1, not unset"):
+        registry.promote(v2, "judged when there was no champion", expected_champion=None)
+    registry.promote(v2, "judged against v1", expected_champion=v1)
+    with pytest.raises(ChampionMoved, match="now v2, not v1"):
+        registry.promote(v3, "judged against v1 too", expected_champion=v1)
+    assert registry.champion().version == v2 and registry.alias_version(PREVIOUS) == v1
+
+    # the training job's promotion: a version that passed against v1 is refused and tagged, not promoted
+    promoted, reason = _promote_checked(registry, v3, "beat v1", "test", champion_before=v1)
+    assert not promoted and "not promoted" in reason and "now v2" in reason
+    assert registry.champion().version == v2
+    assert registry.client.get_model_version("test-policy", v3).tags["gate"] == "rejected"
+    assert _promote_checked(registry, v3, "beat v2", "test", champion_before=v2) == (True, "beat v2")
+    assert registry.champion().version == v3 and registry.alias_version(PREVIOUS) == v2
+
+
+def test_the_job_never_promotes_a_version_workers_could_not_load(registry, tmp_path) -> None:
+    """A diverged network (NaN weights) can still "win" the gate: its NaN logits are masked to WAIT."""
+    net = policy(1)
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    version = register(registry, tmp_path, net, "diverged")
+    promoted, reason = _promote_checked(registry, version, "lower bound beat the champion", "test", None)
+    assert not promoted and "workers could not load it" in reason and "non-finite" in reason
+    assert registry.champion() is None
+    assert registry.client.get_model_version("test-policy", version).tags["gate"] == "rejected"
 
 
 def test_rollback_without_a_previous_champion_fails_clearly(registry, tmp_path) -> None:
