@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from models.graph import SIGNAL_CLIP
+from models.graph import SIGNAL_CLIP, shared_states
 from schemas.health_batch import DOUBLE_FIELDS, INT_FIELDS
 
 #: SIGNAL_CLIP as bounds for the float columns, in DOUBLE_FIELDS order (NaN becomes 0 first).
@@ -69,7 +69,7 @@ def fold_batch(layers: dict[str, dict], batch: dict[str, Any]) -> None:
     for j, name in enumerate(names):
         i = last * width + j
         variance, dead, correlation, gradient, active, total = last_values[j]
-        own_states = states[ends[i] - seeds[i]:ends[i]]  # a new list (enum symbols are str)
+        own_states = shared_states(states[ends[i] - seeds[i]:ends[i]])  # enum symbols are str
         a = layers.get(name)
         if a is None:
             layers[name] = {
@@ -102,5 +102,5 @@ def fold_batch(layers: dict[str, dict], batch: dict[str, Any]) -> None:
                        dead_neuron_ratio=dead, avg_correlation=correlation, gradient_norm=gradient,
                        active_seeds=active, total_seeds=total, seed_states=own_states, epoch=epoch, step=step)
         else:
-            out["seed_states"] = list(a.get("seed_states", []))
+            out["seed_states"] = shared_states(a.get("seed_states", ()))
         layers[name] = out

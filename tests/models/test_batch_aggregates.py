@@ -96,8 +96,34 @@ def test_numpy_columns_give_plain_python_values() -> None:
         batch[name] = np.asarray(batch[name])
     for agg in batch_layer_aggregates(batch).values():
         for key, value in agg.items():
-            assert type(value) in (int, float, list), (key, type(value))
-    assert batch_layer_aggregates(batch)["layers.1"]["seed_states"] == ["BLENDING", "DORMANT"]
+            assert type(value) in (int, float, tuple), (key, type(value))
+    assert batch_layer_aggregates(batch)["layers.1"]["seed_states"] == ("BLENDING", "DORMANT")
+
+
+def test_stored_aggregates_are_invisible_to_the_garbage_collector() -> None:
+    """A worker's table holds ~10^5 aggregates: none may stay a container the collector walks. Built
+    from batches they never are (once one collection has seen the shared seed-state tuples); one
+    recovered from the changelog (JSON: a list inside) is until a full collection has seen its
+    updated copy, and its copies after that are not."""
+    import gc
+    import json
+
+    reports = random_reports(np.random.default_rng(3), 3, 4)
+    batch = health_batch("m-1", "run-1", reports[:2])
+    batch_layer_aggregates(batch)
+    gc.collect()  # the shared tuples are untracked once a collection has seen them
+    layers = batch_layer_aggregates(batch)
+    fold_batch(layers, batch)
+    assert not any(gc.is_tracked(agg) for agg in layers.values())
+
+    recovered = json.loads(json.dumps(layers["layers.1"]))
+    assert isinstance(recovered["seed_states"], list) and gc.is_tracked(recovered)
+    latest = dict(reports[2][1], timestamp_ms=max(recovered["last_timestamp_ms"], reports[2][1]["timestamp_ms"]))
+    updated = update_layer_aggregate(recovered, latest)
+    assert updated["seed_states"] == tuple(latest["seed_states"]) and updated["count"] == recovered["count"] + 1
+    gc.collect()
+    assert not gc.is_tracked(updated)
+    assert not gc.is_tracked(update_layer_aggregate(updated, latest))
 
 
 def test_out_of_range_values_are_clipped_as_the_fold_clips_them() -> None:

@@ -73,7 +73,7 @@ def test_aggregate_statistics() -> None:
     assert agg["health_first"] == 0.8 and agg["health_last"] == 0.5
     assert agg["error_sum"] == 3
     assert agg["latency_sum_ms"] / agg["count"] == pytest.approx(4.0)
-    assert agg["seed_states"] == ["TRAINING", "TRAINING"]
+    assert agg["seed_states"] == ("TRAINING", "TRAINING")
     assert agg["dead_neuron_ratio"] == 0.3
     assert (agg["epoch"], agg["step"], agg["last_timestamp_ms"]) == (2, 30, 3000)
     assert agg["first_timestamp_ms"] == 1000
@@ -149,7 +149,7 @@ def test_garbage_values_are_sanitised_and_json_safe() -> None:
     assert math.isfinite(one["activation_variance"])
     agg = update_layer_aggregate(one, signal(t_ms=1000, health=2.0))
     text = json.dumps(agg, allow_nan=False)  # raises on NaN/inf
-    assert json.loads(text) == agg
+    assert json.loads(text) == dict(agg, seed_states=list(agg["seed_states"]))  # JSON has no tuples
     assert agg["health_min"] == 0.0 and agg["health_max"] == 1.0
 
 
