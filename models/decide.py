@@ -8,8 +8,9 @@ Order of operations per graph (``decide_batch``):
 2. Confidence gate: if the total GERMINATE mass (1 - p_wait) is below
    ``confidence_threshold`` all of it moves to WAIT ("confidence").
 3. Epsilon exploration: mix with the uniform distribution over legal actions. This can
-   re-open actions the confidence gate closed (never illegal ones); set ``epsilon=0`` in
-   production. Every action with non-zero final probability stays legal.
+   re-open actions the confidence gate closed (never illegal ones). ``epsilon=0`` serves the
+   policy as it is, but off-policy evaluation cannot score actions logged with probability 0
+   (``training.evaluation``). Every action with non-zero final probability stays legal.
 4. Sample from the final distribution; the propensity is exactly ``final[index]``, which
    is what off-policy learning needs logged (WAIT included).
 
@@ -30,7 +31,7 @@ from models.policy import DistributionPolicy, collate
 
 @dataclass
 class GateConfig:
-    """Safety gate settings. ``epsilon`` is the exploration rate (0 in production)."""
+    """Safety gate settings. ``epsilon`` is the exploration rate (0: none, and no data to evaluate other policies)."""
 
     confidence_threshold: float = 0.5
     cooldown_epochs: int = 2

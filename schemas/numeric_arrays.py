@@ -71,24 +71,32 @@ _DOUBLE, _FLOAT = struct.Struct("<d"), struct.Struct("<f")
 
 
 class _Primitives:
-    """A run of at most ``MAX_FIELDS`` fields of type string, int, long, double or float, read in Python:
-    a fastavro call costs ~1 µs before it reads a field, more than reading a few such fields here
-    (a DecisionRecord's ``value_estimate`` and ``gate``: 1.7 → 0.7 µs, measured)."""
+    """A run of at most ``MAX_FIELDS`` fields of type string, bytes, ["null", "bytes"], int, long, double
+    or float, read in Python: a fastavro call costs ~1 µs before it reads a field, more than reading a
+    few such fields here (a DecisionRecord's ``value_estimate`` and ``gate``: 1.7 → 0.7 µs, measured)."""
 
     MAX_FIELDS = 3
-    TYPES = ("string", "int", "long", "double", "float")
+    TYPES = ("string", "bytes", "null|bytes", "int", "long", "double", "float")
 
     def __init__(self, fields: list[dict]) -> None:
-        self.fields = tuple((field["name"], field["type"]) for field in fields)
+        self.fields = tuple((field["name"], primitive_kind(field)) for field in fields)
 
     def read(self, data: bytes, pos: int, buf: io.BytesIO, value: dict[str, Any]) -> int:
         for name, kind in self.fields:
-            if kind == "string":
+            if kind == "null|bytes":
+                branch, pos = read_long(data, pos)
+                if branch == 0:
+                    value[name] = None
+                    continue
+                if branch != 1:
+                    raise ValueError(f"union branch {branch} of {name} at {pos}")
+                kind = "bytes"
+            if kind == "string" or kind == "bytes":
                 size, pos = read_long(data, pos)
                 end = pos + size
                 if size < 0 or end > len(data):
-                    raise ValueError(f"string {name} of {size} bytes at {pos} runs past the body")
-                value[name] = data[pos:end].decode()
+                    raise ValueError(f"{kind} {name} of {size} bytes at {pos} runs past the body")
+                value[name] = data[pos:end].decode() if kind == "string" else data[pos:end]
                 pos = end
             elif kind == "double":
                 value[name] = _DOUBLE.unpack_from(data, pos)[0]
@@ -321,7 +329,7 @@ def _steps_of(writer: _Schema) -> tuple[_Step, ...] | None:
         return fastavro.parse_schema(part, named_schemas=named)
 
     def close_run() -> None:
-        if run and len(run) <= _Primitives.MAX_FIELDS and all(f["type"] in _Primitives.TYPES for f in run):
+        if run and len(run) <= _Primitives.MAX_FIELDS and all(primitive_kind(f) in _Primitives.TYPES for f in run):
             steps.append(_Primitives(run))
         elif run:
             steps.append(_Run(record_of(run)))
@@ -344,6 +352,14 @@ def _steps_of(writer: _Schema) -> tuple[_Step, ...] | None:
     if not any(isinstance(step, _Vector) for step in steps):
         return None
     return tuple(steps)
+
+
+def primitive_kind(field: dict) -> str:
+    """A field's type as ``_Primitives`` names it: a union's branches joined by '|'; '' for complex types."""
+    kind = field["type"]
+    if isinstance(kind, list) and all(isinstance(branch, str) for branch in kind):
+        return "|".join(kind)
+    return kind if isinstance(kind, str) else ""
 
 
 def _vector_of(field: dict) -> _Vector | None:

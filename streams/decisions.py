@@ -220,6 +220,7 @@ def _one(item: DueModel, probs: np.ndarray, value: float, version: str, cfg: Gat
         "node_features": graph.node_features.tolist(),
         "edge_source": graph.edge_index[0].tolist(),
         "edge_target": graph.edge_index[1].tolist(),
+        "legal_mask": np.asarray(item.legal, dtype=bool).tobytes(),  # what off-policy evaluation needs
     }
     gate = dict(item.gate, last_decided_epoch=outcome["epoch"])
     command = None

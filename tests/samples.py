@@ -62,6 +62,7 @@ SAMPLES: dict[str, dict] = {
         "propensity": 0.5, "distribution": [0.5, 0.25, 0.25], "kernels": ["mlp_small", "mlp_wide"],
         "value_estimate": 0.0, "gate": "none", "feature_names": ["health_mean"],
         "layer_names": ["layers.0"], "node_features": [[0.5]], "edge_source": [], "edge_target": [],
+        "legal_mask": b"\x01\x01\x01",
     },
     "DeadLetter": {
         "reason": "random bytes", "error_kind": "bad_header", "source_topic": "tamiyo.health",

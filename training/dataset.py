@@ -6,9 +6,10 @@ numpy arrays of actions, propensities, rewards and done flags plus the full beha
 distribution. ``batch(rows)`` collates any subset into a :class:`Batch` for the policy's
 ``log_probs(batch.graphs, batch.masks)``.
 
-Legal masks are the support of the logged distribution plus WAIT (see
-``training.episodes.GraphState``): the record does not say more, and it is also the set of
-actions off-policy evaluation can score.
+Legal masks are what the DecisionRecord logged (v2), else the support of the logged distribution
+plus WAIT (see ``training.episodes.legal_masks``). Off-policy evaluation can only score the
+actions the behaviour took with probability > 0: ``training.evaluation`` reports the target
+policy's mass outside them, and the gate refuses a challenger with too much of it.
 
 ``synthetic_transitions`` is a small contextual-bandit world with a known best action, used by the
 tests and benchmarks to train without Kafka.

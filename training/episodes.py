@@ -62,23 +62,40 @@ class GraphState:
         if edges is None:
             edges = edge_array(record)
         if legal is None:
-            legal = legal_masks([record["distribution"]])[0]
+            legal = legal_masks([record["distribution"]], [record.get("legal_mask")])[0]
         return cls(list(record["layer_names"]), features, edges, legal)
 
 
-def legal_masks(distributions: list[Any]) -> list[np.ndarray]:
-    """The legal action mask of each logged distribution, in one numpy pass (a comparison per small
-    array cost ~1 µs each). The distribution's support is the legal set as far as the record tells
-    (with epsilon exploration it is exactly the legal set). WAIT is always legal, even when a
-    deterministic policy gave it probability 0: the policy code refuses masks without it. The masks
+def legal_masks(distributions: list[Any], logged: list[bytes | None] | None = None) -> list[np.ndarray]:
+    """The legal action mask of each decision, in one numpy pass (a comparison per small array cost
+    ~1 µs each): the mask a DecisionRecord v2 logged (``logged``: its ``legal_mask``, one byte per
+    action), else the logged distribution's support. The support is the legal set only when the
+    behaviour explored (epsilon > 0): a deterministic policy, or the confidence gate without
+    exploration, leaves legal actions at probability 0, and a target policy scored on the support
+    alone would be renormalised onto the actions the behaviour took. WAIT is always legal, even when
+    a deterministic policy gave it probability 0: the policy code refuses masks without it. The masks
     are views of one array."""
     arrays = [d if type(d) is np.ndarray else np.asarray(d, np.float64) for d in distributions]
     sizes = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+    if logged is not None and all(logged) and sum(map(len, logged)) == sizes.sum():
+        sizes = np.fromiter(map(len, logged), dtype=np.int64, count=len(logged))
+        flat = np.frombuffer(b"".join(logged), dtype=np.uint8) != 0
+    else:
+        flat = np.concatenate(arrays, axis=None) > 0.0 if arrays else np.zeros(0, dtype=bool)
+        if logged is not None and any(logged):
+            return [_one_mask(a, m) for a, m in zip(arrays, logged)]
     ends = np.cumsum(sizes)
     starts = ends - sizes
-    flat = np.concatenate(arrays, axis=None) > 0.0 if arrays else np.zeros(0, dtype=bool)
     flat[starts[sizes > 0]] = True
     return [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+
+
+def _one_mask(distribution: np.ndarray, logged: bytes | None) -> np.ndarray:
+    """``legal_masks`` of one decision (records with and without a logged mask mixed)."""
+    mask = np.frombuffer(logged, dtype=np.uint8) != 0 if logged else distribution > 0.0
+    if mask.size:
+        mask[0] = True
+    return mask
 
 
 def edge_array(record: dict[str, Any]) -> np.ndarray:
@@ -285,7 +302,9 @@ def _states(decisions: list[dict[str, Any]]) -> list[GraphState]:
     states = []
     last: tuple[list, list] | None = None
     edges = np.zeros((2, 0), dtype=np.int64)
-    for decision, legal in zip(decisions, legal_masks([decision["distribution"] for decision in decisions])):
+    masks = legal_masks([decision["distribution"] for decision in decisions],
+                        [decision.get("legal_mask") for decision in decisions])
+    for decision, legal in zip(decisions, masks):
         lists = (decision["edge_source"], decision["edge_target"])
         if lists != last:
             last, edges = lists, edge_array(decision)

@@ -6,10 +6,16 @@ is 1 and the estimates are the observed mean reward.
 
 ``serving_gate`` (a ``models.decide.GateConfig``) scores what workers would actually serve: the
 policy's distribution after the confidence gate and epsilon exploration, not the raw softmax.
+
+Each report also gives the policy's probability mass outside the behaviour's support (actions
+legal when the decision was made but logged with probability 0: data collected without
+exploration): the data says nothing about those actions, and the gate refuses a challenger that
+relies on them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -84,5 +90,13 @@ def ope_of(
     if q_model is not None:
         q_rows = q_model.q_values(heldout)
         q, v = q_model.q_taken(heldout, q_rows), q_model.v_pi(heldout, pi, q_rows)
-    return evaluate(heldout.rewards, pi_taken, heldout.propensities, q=q, v=v,
-                    bootstrap=bootstrap, confidence=confidence, seed=seed)
+    report = evaluate(heldout.rewards, pi_taken, heldout.propensities, q=q, v=v,
+                      bootstrap=bootstrap, confidence=confidence, seed=seed)
+    return dataclasses.replace(report, unsupported_mass=unsupported_mass(pi, heldout.behaviour))
+
+
+def unsupported_mass(pi: Sequence[np.ndarray], behaviour: Sequence[np.ndarray]) -> float:
+    """Mean over rows of pi's probability on actions the logged behaviour gave probability 0."""
+    if not len(pi):
+        return 0.0
+    return float(np.mean([float(p[b <= 0.0].sum()) for p, b in zip(pi, behaviour)]))

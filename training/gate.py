@@ -13,6 +13,7 @@ class GateConfig:
     estimator: str = "dr"
     min_effective_sample_size: float = 50.0
     margin: float = 0.0
+    max_unsupported_mass: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class GateVerdict:
 
 def judge(challenger: OPEReport, champion: OPEReport, cfg: GateConfig) -> GateVerdict:
     """Promote when the challenger's lower bound beats the champion's estimate on the same data
-    (plus ``margin``) and the challenger's effective sample size is at least the floor."""
+    (plus ``margin``), its effective sample size is at least the floor, and at most
+    ``max_unsupported_mass`` of its probability lies on actions the logged behaviour never took."""
     # Both sides must be judged by the same estimator; DR needs a fitted Q, so fall back to SNIPS
     # when either report lacks the configured one.
     name = cfg.estimator if cfg.estimator in challenger.estimates and cfg.estimator in champion.estimates else "snips"
@@ -37,6 +39,11 @@ def judge(challenger: OPEReport, champion: OPEReport, cfg: GateConfig) -> GateVe
               if not math.isfinite(x)]
     if broken:
         return GateVerdict(False, f"{name}: {', '.join(broken)} not finite", ours.low, theirs.value)
+    if challenger.unsupported_mass > cfg.max_unsupported_mass:
+        return GateVerdict(False, f"the challenger puts {challenger.unsupported_mass:.3f} of its probability on "
+                                  f"actions the logged behaviour never took (> {cfg.max_unsupported_mass}): the data "
+                                  "cannot evaluate it; collect with exploration (TAMIYO_EPSILON > 0)",
+                           ours.low, theirs.value)
     if challenger.effective_sample_size < cfg.min_effective_sample_size:
         return GateVerdict(False, f"effective sample size {challenger.effective_sample_size:.1f} < floor "
                                   f"{cfg.min_effective_sample_size:.1f}", ours.low, theirs.value)

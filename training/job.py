@@ -66,6 +66,9 @@ class TrainConfig:
     gate_estimator: str = _help("estimator the gate compares: ips, snips or dr", "dr")
     gate_min_ess: float = _help("refuse promotion below this effective sample size of the challenger", 50.0)
     gate_margin: float = _help("challenger's lower bound must beat the champion's estimate by this much", 0.0)
+    gate_max_unsupported: float = _help("refuse promotion when more of the challenger's probability than this lies "
+                                        "on actions the logged behaviour never took (data without exploration)",
+                                        0.05)
     bootstrap_samples: int = _help("bootstrap resamples for the confidence intervals", 500)
     serving_gates: bool = _help("evaluate policies after the serving gates (confidence, epsilon) from Settings", True)
     # data window (None: from the beginning / up to now)
@@ -95,6 +98,8 @@ class TrainConfig:
                self.lcbq_members) < 1:
             raise ValueError("epochs, batch_size, hidden_dim, q_epochs, bootstrap_samples and lcbq_members "
                              "must be >= 1")
+        if not 0.0 <= self.gate_max_unsupported <= 1.0:
+            raise ValueError("gate_max_unsupported must be in [0, 1]")
         if self.lcbq_temperature <= 0 or self.lcbq_kappa < 0:
             raise ValueError("lcbq_temperature must be > 0 and lcbq_kappa >= 0")
 
@@ -102,7 +107,7 @@ class TrainConfig:
         return RewardConfig(self.horizon, self.parameter_cost, self.default_reward, self.dead_after_s)
 
     def gate_config(self) -> GateConfig:
-        return GateConfig(self.gate_estimator, self.gate_min_ess, self.gate_margin)
+        return GateConfig(self.gate_estimator, self.gate_min_ess, self.gate_margin, self.gate_max_unsupported)
 
     def learner_config(self) -> Any:
         from training import learners
@@ -268,7 +273,8 @@ def _log_run(
         mlflow.log_metrics({f"ope/{row['policy']}/{row['name']}{suffix}": row[key]
                             for row in table for key, suffix in (("value", ""), ("low", "_low"), ("high", "_high"))}
                            | {f"ope/{name}/ess": r.effective_sample_size for name, r in reports.items()}
-                           | {f"ope/{name}/max_weight": r.max_weight for name, r in reports.items()})
+                           | {f"ope/{name}/max_weight": r.max_weight for name, r in reports.items()}
+                           | {f"ope/{name}/unsupported_mass": r.unsupported_mass for name, r in reports.items()})
         mlflow.log_figure(learning_curves(history, f"{cfg.learner} learning curves"), "plots/learning_curves.png")
         mlflow.log_figure(ope_intervals(reports), "plots/ope.png")
 

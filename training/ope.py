@@ -29,9 +29,13 @@ class OPEReport:
     effective_sample_size: float
     max_weight: float
     n: int
+    # The target policy's mean probability on actions the behaviour gave probability 0: no estimator
+    # here sees what those actions earn (IPS counts them as 0, DR trusts the fitted Q there).
+    unsupported_mass: float = 0.0
 
     def as_rows(self) -> list[dict[str, float | str]]:
-        return [e.as_dict() | {"ess": self.effective_sample_size, "max_weight": self.max_weight, "n": self.n}
+        return [e.as_dict() | {"ess": self.effective_sample_size, "max_weight": self.max_weight, "n": self.n,
+                               "unsupported_mass": self.unsupported_mass}
                 for e in self.estimates.values()]
 
 

@@ -41,7 +41,7 @@ def _decision(layers: int, features: int, kernels: int = 2, seed: int = 0) -> di
         "feature_names": [f"f{i}" for i in range(features)], "layer_names": [f"l{i}" for i in range(layers)],
         "node_features": rng.normal(size=(layers, features)).astype(np.float32).tolist(),
         "edge_source": list(range(max(0, layers - 1))), "edge_target": list(range(1, layers)),
-        "propensity": float(dist[0]),
+        "propensity": float(dist[0]), "legal_mask": bytes(rng.integers(0, 2, 1 + layers * kernels).tolist()),
     }
 
 
@@ -102,7 +102,7 @@ def test_a_short_run_of_primitives_is_read_in_python_with_decode_values_and_erro
 
     steps = numeric_arrays._plan(registry().current["DecisionRecord"])
     short = [step for step in steps if isinstance(step, numeric_arrays._Primitives)]
-    assert [name for step in short for name, _ in step.fields] == ["value_estimate", "gate"]
+    assert [name for step in short for name, _ in step.fields] == ["value_estimate", "gate", "legal_mask"]
     gate = "cooldown-ü"
     data = encode("DecisionRecord", _decision(3, 2) | {"value_estimate": -1.25, "gate": gate})
     assert decode_arrays(data).value["gate"] == gate and decode_arrays(data).value["value_estimate"] == -1.25
@@ -150,6 +150,32 @@ def test_repeated_name_and_edge_arrays_are_remembered_exactly(monkeypatch: pytes
     assert {step.name for step in repeated} == {"kernels", "feature_names", "layer_names", "edge_source",
                                                  "edge_target"}
     assert all(step.count <= 3 for step in repeated)
+
+
+def test_a_decision_records_legal_mask_is_read_in_python_null_or_bytes() -> None:
+    """``legal_mask`` (["null", "bytes"], v2) is read without a fastavro call, both branches; a
+    record of v1 (no such field) still decodes, with the default."""
+    import io
+
+    import fastavro
+
+    for mask in (b"\x01\x00\x01", None, b""):
+        data = encode("DecisionRecord", _decision(1, 2) | {"legal_mask": mask})
+        assert decode_arrays(data).value["legal_mask"] == decode(data).value["legal_mask"] == mask
+    plan = numeric_arrays._plan(codec.writer_of(encode("DecisionRecord", _decision(1, 2)))[0])
+    assert any(isinstance(step, numeric_arrays._Primitives) and ("legal_mask", "null|bytes") in step.fields
+               for step in plan)
+    v1 = next(s for s in codec.registry().releases["DecisionRecord"] if "legal_mask" not in s.text)
+    buf = io.BytesIO(v1.header)
+    buf.seek(len(v1.header))
+    fastavro.schemaless_writer(buf, v1.fast, {k: v for k, v in _decision(2, 2).items() if k != "legal_mask"})
+    assert decode_arrays(buf.getvalue()).value["legal_mask"] is None
+    data = encode("DecisionRecord", _decision(1, 2) | {"legal_mask": b"\x01"})
+    assert data.endswith(b"\x02\x02\x01")  # the body ends with the union branch 1, the length 1, the byte
+    for bad in (data[:-3] + b"\x04\x02\x01", data[:-3] + b"\x02\x04\x01"):  # branch 2; 2 bytes of 1
+        with pytest.raises(DecodeError) as err:
+            decode_arrays(bad)
+        assert err.value.kind == "bad_body"
 
 
 def test_vectors_in_several_blocks_and_with_byte_sizes() -> None:

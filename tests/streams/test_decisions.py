@@ -137,6 +137,10 @@ def test_a_gate_state_written_before_commanded_existed_still_decides() -> None:
     item, made = decide_epoch(4, ["DORMANT", "DORMANT"], old)
     assert sick_layer_seed(item) == 0 and item.gate["commanded"] == {}
     assert np.isclose(made.record["distribution"][made.record["action_index"]], made.record["propensity"])
+    # the legal mask is logged, one byte per action; the training side reads it back as the mask
+    assert made.record["legal_mask"] == item.legal.astype(np.uint8).tobytes() and item.legal[1:].any()
+    from training.episodes import legal_masks
+    assert legal_masks([made.record["distribution"]], [made.record["legal_mask"]])[0].tolist() == item.legal.tolist()
 
 
 def test_after_a_runs_final_epoch_only_wait_is_legal() -> None:
@@ -146,5 +150,6 @@ def test_after_a_runs_final_epoch_only_wait_is_legal() -> None:
     policy = ThresholdHeuristic()
     made, = decide([item], policy, policy.version, CFG)
     assert made.command is None and made.record["action"] == "WAIT" and made.record["propensity"] == 1.0
+    assert made.record["legal_mask"] == bytes([1] + [0] * (len(item.legal) - 1))
     assert prepare(dict(outcome, final=False), TOPOLOGY, [window(3, ["DORMANT", "DORMANT"])], None,
                    CFG).legal[1:].any()

@@ -129,6 +129,24 @@ def test_legal_masks_of_many_distributions_are_their_supports_with_wait() -> Non
     assert masks[1].tolist() == [True, False, True]
 
 
+def test_a_logged_legal_mask_beats_the_support_of_a_deterministic_distribution() -> None:
+    """DecisionRecord v2 logs what was legal; without it (v1) the support stands in."""
+    from training.episodes import legal_masks
+
+    dists = [np.array([0.0, 1.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0])]
+    logged = [bytes([1, 1, 1, 0]), bytes([1, 0, 1])]
+    assert [m.tolist() for m in legal_masks(dists, logged)] == [[True, True, True, False], [True, False, True]]
+    mixed = legal_masks(dists, [logged[0], None])
+    assert [m.tolist() for m in mixed] == [[True, True, True, False], [True, False, False]]
+    assert [m.tolist() for m in legal_masks(dists, [None, None])] == [[True, True, False, False],
+                                                                       [True, False, False]]
+    # through episodes: the state of a deterministic decision keeps every legal action
+    items = [("EpochOutcome", epoch_outcome("m", 0, 1, 1.0)), ("EpochOutcome", epoch_outcome("m", 1, 2, 0.8, True)),
+             ("DecisionRecord", decision("m", 0, 1, action=1, dist=(0.0, 1.0, 0.0)) | {"legal_mask": b"\x01\x01\x01"})]
+    (step,) = transitions(group_episodes(as_records(items)), RewardConfig(horizon=1), 10)
+    assert step.state.legal.tolist() == [True, True, True]
+
+
 def test_records_of_other_types_are_ignored_and_outcomes_find_their_run() -> None:
     items, end = scenario(1_700_000_000_000)
     items = [("HealthSignal", {"model_id": "done", "run_id": "run-1", "timestamp_ms": 0})] + items[::-1]  # any order

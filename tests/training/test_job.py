@@ -155,7 +155,7 @@ def to_experience(steps: list[Transition], t0: int) -> list[tuple[str, dict]]:
                 "kernels": list(DEFAULT_KERNELS), "value_estimate": 0.0, "gate": "none",
                 "feature_names": list(FEATURE_NAMES), "layer_names": t.state.layer_names,
                 "node_features": t.state.node_features.tolist(), "edge_source": t.state.edge_index[0].tolist(),
-                "edge_target": t.state.edge_index[1].tolist()}))
+                "edge_target": t.state.edge_index[1].tolist(), "legal_mask": t.state.legal.tobytes()}))
             val -= t.reward
         last = run[-1].epoch + 1
         out.append(("EpochOutcome", {"model_id": model, "run_id": run[-1].run_id, "epoch": last,

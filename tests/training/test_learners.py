@@ -122,3 +122,27 @@ def test_serving_gate_is_applied_to_the_scored_distribution(uniform_split) -> No
         np.testing.assert_allclose(p, m / m.sum())
     closed = action_probabilities(heuristic, held, ServingGate(confidence_threshold=1.01, epsilon=0.0))
     assert all(p[0] == 1.0 for p in closed)  # the confidence gate turns everything into WAIT
+
+
+def test_a_policy_the_logged_behaviour_never_tried_is_reported_and_refused() -> None:
+    """Data logged without exploration cannot score a policy that acts differently: its mass on
+    unlogged actions is reported and the gate refuses it (before, the target policy was scored on
+    the logged actions only and such a policy could pass with a full effective sample size)."""
+    from training.gate import GateConfig, judge
+
+    deterministic = TransitionDataset.from_transitions(
+        synthetic_transitions(episodes=30, steps=6, behaviour="expert", epsilon=0.0, seed=8))
+    other_kernel = ThresholdHeuristic(health_threshold=0.5, kernel=0)  # the expert adapts with kernel 1
+    pi = action_probabilities(other_kernel, deterministic)
+    differs = np.mean([int(np.argmax(p)) != a for p, a in zip(pi, deterministic.actions.tolist())])
+    assert differs > 0.2
+    report = ope_of(other_kernel, deterministic, None, bootstrap=50)
+    assert report.unsupported_mass == pytest.approx(differs)
+    baseline = ope_of(None, deterministic, None, bootstrap=50)
+    assert baseline.unsupported_mass == 0.0
+    verdict = judge(report, baseline, GateConfig(estimator="snips", min_effective_sample_size=1.0, margin=-10.0))
+    assert not verdict.promote and "never took" in verdict.reason
+
+    explored = TransitionDataset.from_transitions(
+        synthetic_transitions(episodes=30, steps=6, behaviour="expert", epsilon=0.3, seed=8))
+    assert ope_of(other_kernel, explored, None, bootstrap=50).unsupported_mass == 0.0
