@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 class ChampionPoller(threading.Thread):
     """Every ``interval_s``: resolve the alias; if it moved, download, validate and swap atomically.
 
-    A version that fails validation is refused (and not retried until the alias moves again);
-    a registry that does not answer is logged once per outage, and the current policy keeps serving.
+    A version that fails validation is refused (and not retried until the alias moves again); one
+    whose download fails is tried again at the next poll; a registry that does not answer is logged
+    once per outage. The current policy keeps serving meanwhile.
     """
 
     def __init__(self, registry: Any, holder: PolicyHolder, interval_s: float, cache_dir: Path,
@@ -58,11 +59,19 @@ class ChampionPoller(threading.Thread):
         version_string = self.registry.version_string(ref.version)
         if version_string == self.holder.serving.version or ref.version in self.refused:
             return False
+        from models.checkpoint import IncompatiblePolicyError  # torch: loaded by now in a champion worker
+
         try:
             policy = self.registry.load(ref.version, self.cache_dir / f"v{ref.version}")
-        except Exception as exc:
+        except IncompatiblePolicyError as exc:
             self.refused.add(ref.version)
             log.error("refused %s: %s; still serving %s", version_string, exc, self.holder.serving.version)
+            return False
+        except Exception as exc:  # the download failed (network, registry, disk): try again next poll
+            log.warning("could not fetch %s (%s: %s); still serving %s, retrying in %.0f s", version_string,
+                        type(exc).__name__, exc, self.holder.serving.version, self.interval_s)
+            if self.metrics is not None:
+                self.metrics.registry_errors.inc()
             return False
         self.holder.swap(ServingPolicy(policy, version_string))
         if self.metrics is not None:
