@@ -34,6 +34,19 @@ def _non_negative(record: dict[str, Any], *names: str) -> None:
             raise ValidationError("validation", f"{name}={record[name]} is negative")
 
 
+#: Avro ``int`` is 32-bit, but fastavro writes and reads any Python int there without a check: a
+#: larger value would pass through to the DecisionRecords, which strict readers then refuse (and
+#: sums of such values wrap in int64).
+INT32_MAX = 2**31 - 1
+
+
+def _int32(record: dict[str, Any], *names: str) -> None:
+    for name in names:
+        value = record.get(name)
+        if value is not None and not -INT32_MAX - 1 <= value <= INT32_MAX:
+            raise ValidationError("validation", f"{name}={value} is outside the Avro int range")
+
+
 def _non_empty(record: dict[str, Any], *names: str) -> None:
     for name in names:
         if not record[name]:
@@ -55,6 +68,7 @@ def _health_signal(r: dict[str, Any]) -> None:
     for name in _BOUNDED:
         _within(r, name, *SIGNAL_FLOAT_RANGES[name])
     _non_negative(r, *REPORT_FIELDS, *_NON_NEGATIVE, *INT_FIELDS)
+    _int32(r, "epoch", *INT_FIELDS)
     if r["active_seeds"] > r["total_seeds"]:
         raise ValidationError("validation", f"active_seeds={r['active_seeds']} > total_seeds={r['total_seeds']}")
     if len(r["seed_states"]) != r["total_seeds"]:
@@ -77,6 +91,7 @@ def _health_report(r: dict[str, Any]) -> None:
 _BATCH_LOW = np.array([low for low, _ in SIGNAL_FLOAT_RANGES.values()])[:, None]
 _BATCH_HIGH = np.array([min(high, np.finfo(np.float64).max) for _, high in SIGNAL_FLOAT_RANGES.values()])[:, None]
 _ACTIVE, _TOTAL = INT_FIELDS.index("active_seeds"), INT_FIELDS.index("total_seeds")
+_EPOCH = REPORT_FIELDS.index("epoch")
 
 
 def _health_batch(r: dict[str, Any]) -> None:
@@ -94,7 +109,8 @@ def _health_batch(r: dict[str, Any]) -> None:
     floats = np.array([r[name] for name in SIGNAL_FLOAT_RANGES], dtype=np.float64)
     per_report = np.array([r[name] for name in REPORT_FIELDS], dtype=np.int64)
     ints = np.array([r[name] for name in INT_FIELDS], dtype=np.int64)
-    if ((floats >= _BATCH_LOW) & (floats <= _BATCH_HIGH)).all() and (per_report >= 0).all() and (ints >= 0).all():
+    if (((floats >= _BATCH_LOW) & (floats <= _BATCH_HIGH)).all() and (per_report >= 0).all() and (ints >= 0).all()
+            and (ints <= INT32_MAX).all() and (per_report[_EPOCH] <= INT32_MAX).all()):
         over = ints[_ACTIVE] > ints[_TOTAL]
         if over.any():
             i = int(np.flatnonzero(over)[0])
@@ -110,14 +126,21 @@ def _health_batch(r: dict[str, Any]) -> None:
         if (column < 0).any():
             i = int(np.flatnonzero(column < 0)[0])
             raise ValidationError("validation", f"report {i}: {name}={column[i]} is negative")
+    if (per_report[_EPOCH] > INT32_MAX).any():
+        i = int(np.flatnonzero(per_report[_EPOCH] > INT32_MAX)[0])
+        raise ValidationError("validation", f"report {i}: epoch={per_report[_EPOCH, i]} is outside the Avro int range")
     named = list(zip(SIGNAL_FLOAT_RANGES, floats)) + list(zip(INT_FIELDS, ints))
     for name, column in named:
         low, high = SIGNAL_FLOAT_RANGES.get(name, (0.0, math.inf))
         bad = ~np.isfinite(column) | (column < low) | (column > high)
+        if name in INT_FIELDS:
+            bad |= column > INT32_MAX
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             if not np.isfinite(column[i]):
                 rule = "is not a finite number"
+            elif column[i] > INT32_MAX and name in INT_FIELDS:
+                rule = "is outside the Avro int range"
             else:
                 rule = "is negative" if high == math.inf else f"is outside [{low}, {high}]"
             raise ValidationError("validation", f"report {i // width} layer {names[i % width]!r}: "
@@ -131,6 +154,7 @@ def _topology(r: dict[str, Any]) -> None:
         raise ValidationError("validation", "layer names must be unique and non-empty")
     for layer in r["layers"]:
         _non_negative(layer, "input_size", "output_size", "parameter_count", "num_seeds")
+        _int32(layer, "input_size", "output_size", "num_seeds")
     known = set(names)
     for edge in r["edges"]:
         if edge["source"] not in known or edge["target"] not in known:
@@ -141,6 +165,7 @@ def _epoch_outcome(r: dict[str, Any]) -> None:
     _non_empty(r, "model_id", "run_id")
     _finite(r, "train_loss", "val_loss", "train_accuracy", "val_accuracy")
     _non_negative(r, "epoch", "train_loss", "val_loss", "parameter_count")
+    _int32(r, "epoch")
     _within(r, "train_accuracy", 0.0, 1.0)
     _within(r, "val_accuracy", 0.0, 1.0)
     if r.get("last_report_step") is not None:
@@ -149,6 +174,7 @@ def _epoch_outcome(r: dict[str, Any]) -> None:
 
 def _command_outcome(r: dict[str, Any]) -> None:
     _non_empty(r, "decision_id", "model_id")
+    _int32(r, "epoch", "seed_index")
     # v2 names the handled command; the controller's gate trusts it, so it must name a layer and seed.
     if r.get("action") == "GERMINATE" and not r.get("layer_name"):
         raise ValidationError("validation", "a GERMINATE outcome names no layer_name")
@@ -158,6 +184,7 @@ def _command_outcome(r: dict[str, Any]) -> None:
 
 def _command(r: dict[str, Any]) -> None:
     _non_empty(r, "decision_id", "model_id", "policy_version")
+    _int32(r, "epoch", "seed_index")
     _finite(r, "probability")
     _within(r, "probability", 0.0, 1.0)
 

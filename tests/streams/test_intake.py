@@ -77,6 +77,11 @@ def test_outcome_and_command_ranges() -> None:
         validate("CommandOutcome", dict(SAMPLES["CommandOutcome"], layer_name=None))
     with pytest.raises(ValidationError, match="seed_index=-1 is negative"):
         validate("CommandOutcome", dict(SAMPLES["CommandOutcome"], seed_index=-1))
+    for name, field in (("EpochOutcome", "epoch"), ("CommandOutcome", "seed_index"), ("AdaptationCommand", "epoch"),
+                        ("HealthSignal", "error_count")):
+        with pytest.raises(ValidationError, match=f"{field}=2147483648 is outside the Avro int range"):
+            validate(name, dict(SAMPLES[name], **{field: 2**31}))
+        validate(name, dict(SAMPLES[name], **{field: 2**31 - 1}))
 
 
 def report(signal_changes: dict | None = None, **changes: object) -> bytes:
@@ -142,6 +147,10 @@ def test_valid_batch_is_accepted_with_numpy_float_columns() -> None:
     ({"timestamp_ms": [1]}, "timestamp_ms has 1 items, expected 2 (2 reports)"),
     ({"layer_names": ["layers.0", "layers.0"]}, "layer_names must be unique"),
     ({"epoch": []}, "epoch is empty"),
+    # Avro int is 32-bit, but fastavro writes larger Python ints there; their int64 sum could wrap
+    ({"total_seeds": [2**62, 2**62, 2**62, 2**62 + 2], "active_seeds": [0] * 4, "seed_states": ["DORMANT"] * 2},
+     "report 0 layer 'layers.0': total_seeds=4611686018427387904 is outside the Avro int range"),
+    ({"epoch": [3, 2**31]}, "report 1: epoch=2147483648 is outside the Avro int range"),
 ])
 def test_a_batch_with_one_bad_item_is_rejected_whole(changes: dict, reason: str) -> None:
     result = accept(raw(batch(**changes)), HEALTH | {"HealthBatch"}, 10_000)
