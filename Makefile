@@ -14,7 +14,9 @@ help:
 	@echo "make test   - run the test suite with coverage"
 	@echo "make bench  - run the benchmarks, write bench/results.json and bench/results.md"
 	@echo "make chaos  - run the reliability scenarios, write chaos/report.json"
+	@echo "make broker - run the embedded broker until Ctrl-C"
 	@echo "make up/down - docker compose stack (needs a Docker engine)"
+	@echo "make venv   - set up .venv only;  make clean - remove .venv and local data"
 
 venv: $(STAMP)
 

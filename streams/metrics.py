@@ -31,8 +31,8 @@ class WorkerMetrics:
                                         "Group rejoins asked for because table recovery made no progress", registry=r)
         self._seen: dict[str, int] = {}
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
 
     def observe_counters(self, counters: Counters) -> None:
         for kind, value in counters.as_dict().items():

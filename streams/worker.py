@@ -27,8 +27,8 @@ def run_worker(settings: Settings) -> int:
     frozen = freeze_startup_heap()  # torch, Faust, the policy: never garbage, never walked again
     pauses = GcPauses().install()
     if settings.metrics_port:
-        ctx.metrics.serve(settings.metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+        ctx.metrics.serve(settings.metrics_port, settings.metrics_addr)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, settings.metrics_port)
 
     @app.timer(interval=5.0)
     async def refresh_metrics() -> None:

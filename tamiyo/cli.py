@@ -59,8 +59,10 @@ def cmd_host(args: argparse.Namespace) -> int:
 def cmd_fleet(args: argparse.Namespace) -> int:
     from hosts.fleet import run_fleet
 
-    stats = run_fleet(_settings(args), models=args.models, duration_s=args.duration, epochs=args.epochs,
-                      epoch_interval_s=args.epoch_interval, seed=args.seed, max_worker_lag=args.max_worker_lag)
+    settings = _settings(args)
+    stats = run_fleet(settings, models=args.models, duration_s=args.duration, epochs=args.epochs,
+                      epoch_interval_s=args.epoch_interval, seed=settings.seed if args.seed is None else args.seed,
+                      max_worker_lag=args.max_worker_lag)
     print(stats)
     return 0
 
@@ -76,9 +78,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["commands_applied"] > 0 else 1
 
 
+def _use_bootstrap(args: argparse.Namespace) -> None:
+    """``--bootstrap`` of bench and chaos: their own processes and the workers they start read it
+    from the environment (each run makes its own topic prefixes)."""
+    if args.bootstrap:
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from tamiyo.bench import run_bench
 
+    _use_bootstrap(args)
     data = run_bench(args.out, args.only)
     return 0 if data["metrics"] else 1
 
@@ -86,6 +96,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_chaos(args: argparse.Namespace) -> int:
     from tamiyo.chaos import run_chaos
 
+    _use_bootstrap(args)
     report = run_chaos(args.out, args.only, quick=args.quick)
     return 0 if report["passed"] else 1
 
@@ -100,9 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamiyo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str,
+            prefix: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        _common(p)
+        if prefix:
+            _common(p)
+        else:  # bench and chaos make their own topic prefixes
+            p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS, "
+                                               "else an embedded Apache Kafka)")
         p.set_defaults(func=func)
         return p
 
@@ -126,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until --epochs)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model to run")
     p.add_argument("--epoch-interval", type=float, default=1.0, help="seconds between a model's epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seeds the simulated models (default: $TAMIYO_SEED or 0)")
     p.add_argument("--max-worker-lag", type=int, default=0,
                    help="hold back (up to 5 s per round) while the workers have more health and outcome "
                         "messages than this uncommitted; 0: never")
-    p = add("bench", cmd_bench, "run the benchmarks; writes results.json and results.md")
+    p = add("bench", cmd_bench, "run the benchmarks; writes results.json and results.md", prefix=False)
     p.add_argument("--out", default="bench/results.json")
     p.add_argument("--only", nargs="*", default=None, help="benchmark groups or metric names")
-    p = add("chaos", cmd_chaos, "run the reliability scenarios; writes a JSON report")
+    p = add("chaos", cmd_chaos, "run the reliability scenarios; writes a JSON report", prefix=False)
     p.add_argument("--out", default="chaos/report.json")
     p.add_argument("--only", nargs="*", default=None, help="scenario names")
     p.add_argument("--quick", action="store_true", help="the scaled-down versions the tests run")

@@ -180,6 +180,7 @@ class Settings:
     registered_model: str = "tamiyo-policy"
     champion_poll_seconds: float = 3.0
     metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
     log_level: str = "info"
     seed: int = 0
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -220,6 +221,7 @@ class Settings:
             registered_model=_env("TAMIYO_REGISTERED_MODEL", "tamiyo-policy"),
             champion_poll_seconds=_env_float("TAMIYO_CHAMPION_POLL_SECONDS", 3.0),
             metrics_port=_env_int("TAMIYO_METRICS_PORT", 0),
+            metrics_addr=_env("TAMIYO_METRICS_ADDR", "127.0.0.1"),
             log_level=_env("TAMIYO_LOG_LEVEL", "info"),
             seed=_env_int("TAMIYO_SEED", 0),
             security=KafkaSecurity.from_env(),

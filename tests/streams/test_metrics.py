@@ -34,3 +34,23 @@ def test_record_time_is_the_messages_kafka_timestamp_when_there_is_one() -> None
     assert _record_time(SimpleNamespace(message=SimpleNamespace(timestamp=None))) is None
     assert _record_time(PartitionEvent("outcomes", 0)) is None  # a window-close decision: no outcome
     assert _record_time(object()) is None
+
+
+def test_metrics_are_served_on_the_configured_address(monkeypatch) -> None:
+    """TAMIYO_METRICS_ADDR (default 127.0.0.1; 0.0.0.0 inside a container) is where /metrics listens."""
+    import socket
+    import urllib.request
+
+    from tamiyo.config import Settings
+
+    assert Settings.from_env().metrics_addr == "127.0.0.1"
+    monkeypatch.setenv("TAMIYO_METRICS_ADDR", "127.0.0.2")
+    settings = Settings.from_env()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    WorkerMetrics().serve(port, settings.metrics_addr)
+    with urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5) as reply:
+        assert b"tamiyo_policy_hot_swaps_total" in reply.read()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
