@@ -235,9 +235,23 @@ def _latest_ms(part: dict) -> int:
 
 
 def _fold_signals(ctx: WorkerContext, model_id: str, parts: list[dict]) -> None:
-    """Fold HealthSignals and HealthBatches (``signals_of``), in arrival order, into the model's window."""
-    timestamp_s = max(_latest_ms(p) for p in parts) / 1000.0
-    table = window_at(ctx, timestamp_s)
+    """Fold HealthSignals and HealthBatches (``signals_of``), in arrival order, each into the window of
+    its own (latest) timestamp: one table write per window.
+
+    A batch of the telemetry agent may hold an epoch's last reports and the next epoch's first ones on
+    either side of a window boundary; the decision on that epoch reads its outcome's window and the
+    one before, so each part must stay in its own window."""
+    by_window: dict[float, list[dict]] = {}
+    for part in parts:
+        timestamp_s = _latest_ms(part) / 1000.0
+        by_window.setdefault(timestamp_s // ctx.settings.window_seconds, []).append(part)
+    for window_parts in by_window.values():
+        _fold_window(ctx, model_id, window_parts)
+
+
+def _fold_window(ctx: WorkerContext, model_id: str, parts: list[dict]) -> None:
+    """Fold ``parts``, all of one window and in arrival order, into the model's entry of that window."""
+    table = window_at(ctx, _latest_ms(parts[-1]) / 1000.0)
     state = dict(table[model_id].value() or {})
     layers = dict(state.get("layers", {}))
     run_id = parts[-1]["run_id"]
