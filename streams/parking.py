@@ -61,6 +61,10 @@ class Parking(Generic[T]):
         return [item for model_id in list(self._by_model)
                 for _, item in self._take(model_id, lambda deadline, item: deadline <= now)]
 
+    def remove(self, when: Callable[[T], bool]) -> list[T]:
+        """Remove and return every item, of any model, that ``when`` accepts."""
+        return [item for model_id in list(self._by_model) for _, item in self.release(model_id, when)]
+
     def _take(self, model_id: str, taken: Callable[[float, T], bool]) -> list[tuple[float, T]]:
         items = self._by_model.get(model_id, [])
         marks = [taken(deadline, item) for deadline, item in items]

@@ -55,11 +55,18 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
             sweep = time.monotonic() - last_sweep >= POLL_S
             if sweep:
                 last_sweep = time.monotonic()
-            if (len(ctx.parked_outcomes) or len(ctx.waiting_for_signals)) and tables_settled(app):
+            if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
                 async with deciding:
-                    outbox = Outbox(app.producer)
-                    await decide_and_send(ctx, outbox, [], sweep=sweep)
-                    await outbox.flush()
+                    await decide_waiting(app, ctx, sweep)
+
+    @app.on_partitions_revoked.connect
+    async def drop_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        """What waits for partitions taken away is left to their next owner (Faust sends this once its
+        agents are idle; a decision in flight ends first, or parks its outcomes again)."""
+        async with deciding:
+            dropped = ctx.drop_waiting(revoked)
+        if dropped:
+            log.info("partitions revoked: %d waiting messages left to their next owner", dropped)
 
     if settings.window_close_trigger == "on":
         scan = WindowCloseScan()
@@ -110,6 +117,25 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
             ctx.counters.epoch_outcomes += 1
             ended.append((result.record, raw.event, None))
     await decide_and_send(ctx, outbox, ended)
+
+
+async def decide_waiting(app: faust.App, ctx: WorkerContext, sweep: bool) -> None:
+    """Decide the outcomes that waited (see ``decide_and_send``), of the partitions this worker owns.
+
+    Run under the deciding lock. Outcomes of partitions it does not own are dropped (their new owner
+    reads them again: their commits were held), never decided; nothing is decided while the tables of
+    partitions taken over are still being recovered.
+    """
+    if not tables_settled(app):
+        return
+    topic = ctx.settings.topics.outcomes
+    owned = active_partitions(app, topic)
+    if not owned:
+        return  # not assigned yet, or any more
+    ctx.drop_waiting({TP(topic, p) for p in range(ctx.settings.partitions) if p not in owned})
+    outbox = Outbox(app.producer)
+    await decide_and_send(ctx, outbox, [], sweep=sweep)
+    await outbox.flush()
 
 
 async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any, float | None]],

@@ -24,3 +24,10 @@ def test_release_some_and_restore_in_front() -> None:
     assert len(parking) == 3 and parking.release("a") == [(11.0, "a2"), (12.0, "a3"), (10.0, "a1")]
     parking.restore("b", [])
     assert "b" not in parking and len(parking) == 0
+
+
+def test_remove_what_a_predicate_accepts_of_every_model() -> None:
+    parking: Parking[str] = Parking(ttl_s=10.0, capacity=3)
+    assert parking.park("a", "a1", now=0.0) and parking.park("b", "b1", now=0.0) and parking.park("a", "a2", now=0.0)
+    assert parking.remove(lambda item: item.endswith("1")) == ["a1", "b1"]
+    assert parking.models() == ["a"] and len(parking) == 1
