@@ -33,6 +33,7 @@ class Counters:
     # gate states corrected by a host's APPLIED or DUPLICATE answer: it had handled a command of the
     # decision id the gate did not know (a re-decision after a worker crash; see follow_host)
     host_corrections: int = 0
+    task_errors: int = 0  # exceptions caught in the worker's timers and tasks (logged; they run again)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

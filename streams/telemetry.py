@@ -17,7 +17,7 @@ from streams.deadletter import send_dead_letter
 from streams.faust_compat import as_current, hold_commit, release_commit
 from streams.intake import Accepted, Rejected, accept, from_faust_event
 from streams.outbox import Outbox
-from streams.resilience import process_safely
+from streams.resilience import TaskErrors, process_safely
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,15 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
     topics = settings.topics
     source = app.topic(topics.topology, topics.health, key_serializer="raw", value_serializer="raw")
 
+    sweep_errors = TaskErrors(ctx, "dead-lettering expired signals")
+
     @app.timer(interval=1.0)
     async def sweep_parked() -> None:
         if len(ctx.parked_signals):
-            await expire_parked(ctx, Outbox(app.producer))
+            try:
+                await expire_parked(ctx, Outbox(app.producer))
+            except Exception:  # the signals are parked again, still held
+                sweep_errors.failed()
 
     @app.agent(source, name="telemetry")
     async def telemetry(stream: Any) -> None:

@@ -144,3 +144,33 @@ def test_outcomes_of_partitions_not_owned_are_dropped_not_decided(ctx, monkeypat
     asyncio.run(policy_agent.decide_waiting(app, ctx, sweep=True))
     assert sent == [[4]]
     assert len(ctx.parked_outcomes) == len(ctx.waiting_for_signals) == 0 and faust_compat.held_messages() == 0
+
+
+def test_held_outcomes_wait_again_whatever_step_of_a_decision_fails(ctx, monkeypatch, holds) -> None:
+    """A decision that fails before its send (a table read, the policy) loses no outcome that waited:
+    the decider's next run finds it parked, its commit still held."""
+    def broken(ctx: Any, record: dict, cfg: Any, pending: Any) -> Any:
+        raise RuntimeError("table read failed")
+
+    monkeypatch.setattr(policy_agent, "_prepare", broken)
+    waiting_outcome(ctx.parked_outcomes, 3, partition=0)
+    waiting_outcome(ctx.waiting_for_signals, 4, partition=0, deadline=0.0)
+    with pytest.raises(RuntimeError):
+        asyncio.run(policy_agent.decide_and_send(ctx, None, [], sweep=True))
+    assert sorted(event.message.offset for _, (_, event) in ctx.parked_outcomes.release("m")) == [3, 4]
+    assert faust_compat.held_messages() == 2
+
+
+def test_fresh_outcomes_of_a_failed_batch_do_not_wait_twice(ctx, monkeypatch, holds) -> None:
+    """The batch is retried, so an outcome of it that started to wait for its signals stops waiting."""
+    async def send(ctx: Any, outbox: Any, due: dict, cfg: Any, started: float) -> None:
+        raise RuntimeError("broker gone")
+
+    monkeypatch.setattr(policy_agent, "_send_decisions", send)
+    monkeypatch.setattr(policy_agent, "_signals_arrived", lambda ctx, record: record["epoch"] != 5)
+    fresh = [({"model_id": "m", "run_id": "r", "epoch": 5}, event(21), None),
+             ({"model_id": "n", "run_id": "r", "epoch": 2}, event(22), None)]
+    ctx.topologies["n"] = {"run_id": "r"}
+    with pytest.raises(RuntimeError):
+        asyncio.run(policy_agent.decide_and_send(ctx, None, fresh))
+    assert len(ctx.waiting_for_signals) == 0 and faust_compat.held_messages() == 0
