@@ -7,9 +7,10 @@ dead-letter topic with the exception as its reason. If even that cannot be deliv
 is gone), the process exits at once, before Faust can commit, and a restart re-reads the batch.
 
 So a processor must leave no effect of a batch that fails but its output: table writes that add
-up (folds) and parking wait until the batch's output is delivered, and what it took out of parking
-goes back (``streams/telemetry.py``, ``streams/policy_agent.py``). Writes that set a value (a
-topology, a gate state after its decision) may be repeated.
+up (folds) are written back to what they replaced, commit holds change only once the batch's
+output is delivered, and what it took out of parking goes back (``streams/telemetry.py``,
+``streams/policy_agent.py``). Writes that set a value (a topology, a gate state after its
+decision) may be repeated.
 """
 
 from __future__ import annotations

@@ -57,18 +57,22 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
 
 @dataclass
 class _Effects:
-    """What one telemetry batch changes besides its output, applied only once that output is delivered.
+    """What one telemetry batch changes besides its output, undone when that output is not delivered.
 
-    A batch that fails is retried one message at a time (``process_safely``): had it folded, parked or
-    taken parked signals out first, the retry would fold signals twice, park them twice, or lose the
-    parked ones with their commit holds. Topologies are stored at once (later messages of the batch
-    need them): storing one again stores the same value.
+    A batch that fails is retried one message at a time (``process_safely``): had its folds, parking
+    and the parked signals it took out stayed, the retry would fold signals twice, park them twice, or
+    lose the parked ones with their commit holds. Folds are written before the delivery (the decider
+    waits for them; waiting for the archive's acknowledgement too would add to every decision's
+    latency) and written back to what they replaced on a failure; commit holds change only after the
+    delivery. Topologies are stored at once (later messages of the batch need them): storing one
+    again stores the same value.
     """
 
     folds: dict[str, tuple[Any, list[dict]]] = field(default_factory=dict)  # model -> (event, signals)
     signals: int = 0  # HealthSignals in ``folds``
     parked: list[Accepted] = field(default_factory=list)  # parked by this batch (their commits held after it)
     taken: list[tuple[float, Accepted]] = field(default_factory=list)  # out of parking: (deadline, signal)
+    replaced: list[tuple[Any, str, float, dict]] = field(default_factory=list)  # (event, model, time, old entry)
 
 
 async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> None:
@@ -77,25 +81,30 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     topologies_before = ctx.counters.topologies
     try:
         await _take_in(ctx, outbox, messages, effects)
-        writes = [(event, model_id, window_state) for model_id, (event, signals) in effects.folds.items()
-                  for window_state in _fold_signals(ctx, model_id, signals)]
+        _write_folds(ctx, effects)
+        touched = [model_id for model_id in effects.folds if model_id in ctx.waiting_for_signals]
+        if touched or (ctx.counters.topologies != topologies_before and ctx.parked_outcomes):
+            ctx.folded.update(touched)
+            ctx.wake_decider.set()
         await expire_parked(ctx, outbox)  # delivers the whole batch's output
     except BaseException:
         _undo(ctx, effects)
         raise
-    _apply(ctx, effects, writes)
-    touched = [model_id for model_id in effects.folds if model_id in ctx.waiting_for_signals]
-    if touched or (ctx.counters.topologies != topologies_before and ctx.parked_outcomes):
-        ctx.folded.update(touched)
-        ctx.wake_decider.set()
+    _settle(ctx, effects)
 
 
-def _apply(ctx: WorkerContext, effects: _Effects, writes: list[tuple[Any, str, tuple[float, dict]]]) -> None:
-    """Once the batch's output is delivered: write its folds (event, model, (time in window, entry)),
-    count its signals, hold the commits of the signals it parked, end those of the ones it handled."""
-    for event, model_id, (timestamp_s, state) in writes:
+def _write_folds(ctx: WorkerContext, effects: _Effects) -> None:
+    """Fold the batch's signals into their windows, remembering each entry replaced (for ``_undo``)."""
+    for model_id, (event, signals) in effects.folds.items():
         with as_current(event):
-            window_at(ctx, timestamp_s)[model_id] = state
+            for timestamp_s, old, new in _fold_signals(ctx, model_id, signals):
+                window_at(ctx, timestamp_s)[model_id] = new
+                effects.replaced.append((event, model_id, timestamp_s, old))
+
+
+def _settle(ctx: WorkerContext, effects: _Effects) -> None:
+    """Once the batch's output is delivered: count its signals, hold the commits of the signals it
+    parked, end those of the ones it handled."""
     ctx.counters.health_signals += effects.signals
     for accepted in effects.parked:
         hold_commit(accepted.raw.event)  # acked with its batch, but not handled: never commit past it
@@ -103,7 +112,11 @@ def _apply(ctx: WorkerContext, effects: _Effects, writes: list[tuple[Any, str, t
 
 
 def _undo(ctx: WorkerContext, effects: _Effects) -> None:
-    """After a failure: unpark what the batch parked (its retry parks it again), put back what it took out."""
+    """After a failure: write back the window entries the folds replaced (newest first), unpark what
+    the batch parked (its retry parks it again), put back what it took out of parking."""
+    for event, model_id, timestamp_s, old in reversed(effects.replaced):
+        with as_current(event):
+            window_at(ctx, timestamp_s)[model_id] = old
     parked = {id(accepted) for accepted in effects.parked}
     for model_id in {accepted.record["model_id"] for accepted in effects.parked}:
         ctx.parked_signals.release(model_id, when=lambda item: id(item) in parked)
@@ -303,9 +316,10 @@ def _latest_ms(part: dict) -> int:
     return max(part["timestamp_ms"]) if "layer_names" in part else part["timestamp_ms"]
 
 
-def _fold_signals(ctx: WorkerContext, model_id: str, parts: list[dict]) -> list[tuple[float, dict]]:
+def _fold_signals(ctx: WorkerContext, model_id: str, parts: list[dict]) -> list[tuple[float, dict, dict]]:
     """Fold HealthSignals and HealthBatches (``signals_of``), in arrival order, each into the window of
-    its own (latest) timestamp; returns per window a time in it and the model's new entry there.
+    its own (latest) timestamp; returns per window a time in it and the model's entry there before
+    and after (not written).
 
     A batch of the telemetry agent may hold an epoch's last reports and the next epoch's first ones on
     either side of a window boundary; the decision on that epoch reads its outcome's window and the
@@ -317,11 +331,12 @@ def _fold_signals(ctx: WorkerContext, model_id: str, parts: list[dict]) -> list[
     return [_fold_window(ctx, model_id, window_parts) for window_parts in by_window.values()]
 
 
-def _fold_window(ctx: WorkerContext, model_id: str, parts: list[dict]) -> tuple[float, dict]:
-    """Fold ``parts``, all of one window and in arrival order, into the model's entry of that window (not
-    written: returned with a time in the window)."""
+def _fold_window(ctx: WorkerContext, model_id: str, parts: list[dict]) -> tuple[float, dict, dict]:
+    """Fold ``parts``, all of one window and in arrival order, into the model's entry of that window:
+    (a time in the window, the entry before, the entry after; not written)."""
     timestamp_s = _latest_ms(parts[-1]) / 1000.0
-    state = dict(window_at(ctx, timestamp_s)[model_id].value() or {})
+    old = window_at(ctx, timestamp_s)[model_id].value() or {}
+    state = dict(old)
     layers = dict(state.get("layers", {}))
     run_id = parts[-1]["run_id"]
     epoch = state.get("epoch", -1)
@@ -338,4 +353,4 @@ def _fold_window(ctx: WorkerContext, model_id: str, parts: list[dict]) -> tuple[
             epoch = max(epoch, part["epoch"])
     # The newest epoch seen in this window, not just in this batch: the window-close trigger decides
     # the epoch before it.
-    return timestamp_s, {"run_id": run_id, "epoch": epoch, "layers": layers}
+    return timestamp_s, old, {"run_id": run_id, "epoch": epoch, "layers": layers}
