@@ -44,11 +44,7 @@ class Parking(Generic[T]):
     def release(self, model_id: str, when: Callable[[T], bool] | None = None) -> list[tuple[float, T]]:
         """What is parked for ``model_id`` (of it, what ``when`` accepts) as (deadline, item), in arrival
         order; taken out of parking, the rest stays."""
-        if when is None:  # the common case: everything, without a test per item
-            items = self._by_model.pop(model_id, [])
-            self._count -= len(items)
-            return items
-        return self._take(model_id, lambda deadline, item: when(item))
+        return self._take(model_id, lambda deadline, item: when is None or when(item))
 
     def restore(self, model_id: str, items: list[tuple[float, T]]) -> None:
         """Put (deadline, item) pairs taken out for work that failed back in front of the model's queue.

@@ -138,9 +138,7 @@ async def decide_waiting(app: faust.App, ctx: WorkerContext, sweep: bool) -> Non
     owned = active_partitions(app, topic)
     if not owned:
         return  # not assigned yet, or any more
-    foreign = {TP(topic, p) for p in range(ctx.settings.partitions) if p not in owned}
-    if foreign:  # after a rebalance whose revocation this worker missed; usually none
-        ctx.drop_waiting(foreign)
+    ctx.drop_waiting({TP(topic, p) for p in range(ctx.settings.partitions) if p not in owned})
     outbox = Outbox(app.producer)
     await decide_and_send(ctx, outbox, [], sweep=sweep)
     await outbox.flush()
