@@ -349,7 +349,8 @@ def test_gc_paused_freezes_what_it_kept_alive_and_reenables_the_collector() -> N
         with gc_paused():
             with gc_paused():  # nested: only the outermost freezes and re-enables
                 kept = [[i] for i in range(10_000)]
-            assert not gc.isenabled() and gc.get_freeze_count() == before
+            # nothing frozen yet (other threads may free frozen objects meanwhile: not == before)
+            assert not gc.isenabled() and gc.get_freeze_count() < before + len(kept)
         assert gc.isenabled() and gc.get_freeze_count() >= before + len(kept)
     finally:
         gc.unfreeze()
