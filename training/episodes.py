@@ -76,26 +76,18 @@ def legal_masks(distributions: list[Any], logged: list[bytes | None] | None = No
     a deterministic policy gave it probability 0: the policy code refuses masks without it. The masks
     are views of one array."""
     arrays = [d if type(d) is np.ndarray else np.asarray(d, np.float64) for d in distributions]
-    sizes = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
-    if logged is not None and all(logged) and sum(map(len, logged)) == sizes.sum():
+    if logged is not None and any(logged):
+        # Records without a mask (v1) among them: their support, as the same one byte per action.
+        logged = [mask or (a > 0.0).tobytes() for a, mask in zip(arrays, logged)]
         sizes = np.fromiter(map(len, logged), dtype=np.int64, count=len(logged))
         flat = np.frombuffer(b"".join(logged), dtype=np.uint8) != 0
     else:
+        sizes = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
         flat = np.concatenate(arrays, axis=None) > 0.0 if arrays else np.zeros(0, dtype=bool)
-        if logged is not None and any(logged):
-            return [_one_mask(a, m) for a, m in zip(arrays, logged)]
     ends = np.cumsum(sizes)
     starts = ends - sizes
     flat[starts[sizes > 0]] = True
     return [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-
-
-def _one_mask(distribution: np.ndarray, logged: bytes | None) -> np.ndarray:
-    """``legal_masks`` of one decision (records with and without a logged mask mixed)."""
-    mask = np.frombuffer(logged, dtype=np.uint8) != 0 if logged else distribution > 0.0
-    if mask.size:
-        mask[0] = True
-    return mask
 
 
 def edge_array(record: dict[str, Any]) -> np.ndarray:
