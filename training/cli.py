@@ -51,17 +51,13 @@ def cmd_train(settings: Settings, cfg: Any, out: typing.TextIO | None = None) ->
 def cmd_promote(settings: Settings, version: str, reason: str = "manual promotion",
                 registered_model: str | None = None, out: typing.TextIO | None = None) -> None:
     """Make ``version`` the champion by hand. The version is downloaded and validated first
-    (``registry.load``), so a corrupt or incompatible policy never reaches the workers."""
+    (``registry.validate``), so a corrupt or incompatible policy never reaches the workers."""
     out = out or sys.stdout
-    import tempfile
-    from pathlib import Path
-
     from training.registry import PolicyRegistry, configure_client_env
 
     configure_client_env()
     registry = PolicyRegistry(settings.tracking_uri, registered_model or settings.registered_model)
-    with tempfile.TemporaryDirectory() as tmp:
-        registry.load(str(version), Path(tmp))
+    registry.validate(str(version))
     before = registry.champion()
     registry.promote(str(version), reason, by="cli")
     was = f" (was v{before.version})" if before else ""

@@ -307,13 +307,12 @@ def _promote_checked(registry: PolicyRegistry, version: str, reason: str, by: st
     from models.checkpoint import IncompatiblePolicyError
     from training.registry import ChampionMoved
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            registry.load(version, Path(tmp))
-        except IncompatiblePolicyError as exc:
-            refused = f"passed the gate but workers could not load it: {exc}"
-            registry.reject(version, refused)
-            return False, refused
+    try:
+        registry.validate(version)
+    except IncompatiblePolicyError as exc:
+        refused = f"passed the gate but workers could not load it: {exc}"
+        registry.reject(version, refused)
+        return False, refused
     try:
         registry.promote(version, reason, by=by, expected_champion=champion_before)
     except ChampionMoved as exc:

@@ -153,6 +153,12 @@ class PolicyRegistry:
         policy.version = self.version_string(version)
         return policy
 
+    def validate(self, version: str) -> None:
+        """Load a version as workers would (``load``), into a folder removed afterwards: raises
+        ``IncompatiblePolicyError`` for one they would refuse. Run before every promotion."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.load(version, Path(tmp))
+
     def version_string(self, version: str) -> str:
         return f"{self.name}/v{version}"
 
