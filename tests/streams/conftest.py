@@ -92,3 +92,14 @@ def start_worker(topics_ready: Settings, tmp_path: Path) -> Iterator:
     yield start
     for worker in workers:
         worker.stop()
+    # Printed at teardown, so pytest shows it only when the test failed: what each worker did.
+    for worker in workers:
+        print(f"--- {worker.log_path.name} (exit {worker.process.returncode}), last lines ---")
+        print(log_digest(worker.log()))
+
+
+def log_digest(text: str, lines: int = 60) -> str:
+    """A worker log without Faust's boxed tables and its shutdown chatter: the last ``lines`` lines."""
+    kept = [line for line in text.splitlines()
+            if line.strip() and line.lstrip()[:1] not in "+|│┌└├╒╘〃" and "Stopping..." not in line]
+    return "\n".join(kept[-lines:])
