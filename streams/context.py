@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any
 
-from streams.faust_compat import release_commit
 from streams.parking import Parking
 from tamiyo.config import Settings
 
@@ -33,7 +32,6 @@ class Counters:
     # gate states corrected by a host's APPLIED or DUPLICATE answer: it had handled a command of the
     # decision id the gate did not know (a re-decision after a worker crash; see follow_host)
     host_corrections: int = 0
-    task_errors: int = 0  # exceptions caught in the worker's timers and tasks (logged; they run again)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -63,22 +61,3 @@ class WorkerContext:
         self.parked_signals = Parking(self.settings.park_seconds, self.settings.park_capacity)
         self.parked_outcomes = Parking(self.settings.park_seconds, self.settings.park_capacity)
         self.waiting_for_signals = Parking(self.settings.signal_wait_seconds, self.settings.park_capacity)
-
-    def drop_waiting(self, partitions: Collection[Any]) -> int:
-        """Forget the parked and waiting messages of these topic partitions and end their commit holds;
-        returns how many.
-
-        For partitions this worker no longer owns: it must not decide, fold or dead-letter them. Their
-        commits were held, so the next owner (this worker too, after a rebalance) reads them again.
-        """
-        events = [accepted.raw.event for accepted in
-                  self.parked_signals.remove(lambda accepted: _partition_of(accepted.raw.event) in partitions)]
-        for parking in (self.parked_outcomes, self.waiting_for_signals):
-            events += [event for _, event in parking.remove(lambda item: _partition_of(item[1]) in partitions)]
-        release_commit(events)
-        return len(events)
-
-
-def _partition_of(event: Any) -> Any:
-    """The topic partition (``TP``) of an event's message; None without one."""
-    return getattr(getattr(event, "message", None), "tp", None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -41,43 +41,23 @@ class Parking(Generic[T]):
     def models(self) -> list[str]:
         return list(self._by_model)
 
-    def release(self, model_id: str, when: Callable[[T], bool] | None = None) -> list[tuple[float, T]]:
-        """What is parked for ``model_id`` (of it, what ``when`` accepts) as (deadline, item), in arrival
-        order; taken out of parking, the rest stays."""
-        if when is None:  # the common case: everything, without a test per item
-            items = self._by_model.pop(model_id, [])
-            self._count -= len(items)
-            return items
-        return self._take(model_id, lambda deadline, item: when(item))
-
-    def restore(self, model_id: str, items: list[tuple[float, T]]) -> None:
-        """Put (deadline, item) pairs taken out for work that failed back in front of the model's queue.
-
-        Above capacity if need be: they had a place, and the caller holds their commits.
-        """
-        if items:
-            self._by_model[model_id] = items + self._by_model.get(model_id, [])
-            self._count += len(items)
+    def release(self, model_id: str) -> list[tuple[float, T]]:
+        """Everything parked for ``model_id`` as (deadline, item), in arrival order."""
+        items = self._by_model.pop(model_id, [])
+        self._count -= len(items)
+        return items
 
     def expired(self, now: float | None = None) -> list[T]:
         """Remove and return every item whose deadline has passed."""
         now = time.monotonic() if now is None else now
-        return [item for model_id in list(self._by_model)
-                for _, item in self._take(model_id, lambda deadline, item: deadline <= now)]
-
-    def remove(self, when: Callable[[T], bool]) -> list[T]:
-        """Remove and return every item, of any model, that ``when`` accepts."""
-        return [item for model_id in list(self._by_model) for _, item in self.release(model_id, when)]
-
-    def _take(self, model_id: str, taken: Callable[[float, T], bool]) -> list[tuple[float, T]]:
-        items = self._by_model.get(model_id, [])
-        marks = [taken(deadline, item) for deadline, item in items]
-        out = [entry for entry, mark in zip(items, marks) if mark]
-        if out:
-            keep = [entry for entry, mark in zip(items, marks) if not mark]
+        out: list[T] = []
+        for model_id in list(self._by_model):
+            items = self._by_model[model_id]
+            keep = [(d, item) for d, item in items if d > now]
+            out.extend(item for d, item in items if d <= now)
             if keep:
                 self._by_model[model_id] = keep
             else:
                 del self._by_model[model_id]
-            self._count -= len(out)
+        self._count -= len(out)
         return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -23,7 +22,7 @@ from streams.faust_compat import (PartitionEvent, active_partitions, as_current,
                                   release_commit, tables_settled)
 from streams.intake import Accepted, accept, from_faust_event
 from streams.outbox import Outbox
-from streams.resilience import TaskErrors, process_safely
+from streams.resilience import process_safely
 from streams.telemetry import has_topology_for, run_superseded, window_at
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,6 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
         """Decide outcomes that waited for their signals or topology: woken by the telemetry agent
         as soon as it folded some, and every POLL_S anyway (waits that time out, parking that expires)."""
         last_sweep = time.monotonic()
-        errors = TaskErrors(ctx, "deciding waiting outcomes")
         while not app.should_stop:
             try:
                 await asyncio.wait_for(ctx.wake_decider.wait(), timeout=POLL_S)
@@ -57,25 +55,14 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
             sweep = time.monotonic() - last_sweep >= POLL_S
             if sweep:
                 last_sweep = time.monotonic()
-            if len(ctx.parked_outcomes) or len(ctx.waiting_for_signals):
-                try:
-                    async with deciding:
-                        await decide_waiting(app, ctx, sweep)
-                except Exception:  # the outcomes still wait (decide_and_send puts them back)
-                    errors.failed()
-
-    @app.on_partitions_revoked.connect
-    async def drop_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        """What waits for partitions taken away is left to their next owner (Faust sends this once its
-        agents are idle; a decision in flight ends first, or parks its outcomes again)."""
-        async with deciding:
-            dropped = ctx.drop_waiting(revoked)
-        if dropped:
-            log.info("partitions revoked: %d waiting messages left to their next owner", dropped)
+            if (len(ctx.parked_outcomes) or len(ctx.waiting_for_signals)) and tables_settled(app):
+                async with deciding:
+                    outbox = Outbox(app.producer)
+                    await decide_and_send(ctx, outbox, [], sweep=sweep)
+                    await outbox.flush()
 
     if settings.window_close_trigger == "on":
         scan = WindowCloseScan()
-        scan_errors = TaskErrors(ctx, "window-close decisions")
 
         @app.timer(interval=WINDOW_CLOSE_TICK_S)
         async def decide_closed_windows() -> None:
@@ -85,7 +72,7 @@ def register(app: faust.App, ctx: WorkerContext) -> Any:
             except Exception:
                 # An exception escaping a Faust timer crashes the whole worker (measured: "App Crashed");
                 # nothing was gated, so a later tick tries again.
-                scan_errors.failed()
+                scan.failed()
 
     @app.agent(source, name="policy")
     async def policy(stream: Any) -> None:
@@ -125,27 +112,6 @@ async def process_batch(ctx: WorkerContext, outbox: Outbox, messages: list) -> N
     await decide_and_send(ctx, outbox, ended)
 
 
-async def decide_waiting(app: faust.App, ctx: WorkerContext, sweep: bool) -> None:
-    """Decide the outcomes that waited (see ``decide_and_send``), of the partitions this worker owns.
-
-    Run under the deciding lock. Outcomes of partitions it does not own are dropped (their new owner
-    reads them again: their commits were held), never decided; nothing is decided while the tables of
-    partitions taken over are still being recovered.
-    """
-    if not tables_settled(app):
-        return
-    topic = ctx.settings.topics.outcomes
-    owned = active_partitions(app, topic)
-    if not owned:
-        return  # not assigned yet, or any more
-    foreign = {TP(topic, p) for p in range(ctx.settings.partitions) if p not in owned}
-    if foreign:  # after a rebalance whose revocation this worker missed; usually none
-        ctx.drop_waiting(foreign)
-    outbox = Outbox(app.producer)
-    await decide_and_send(ctx, outbox, [], sweep=sweep)
-    await outbox.flush()
-
-
 async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[dict, Any, float | None]],
                           sweep: bool = False) -> None:
     """One batched policy call over every due model.
@@ -159,84 +125,20 @@ async def decide_and_send(ctx: WorkerContext, outbox: Outbox, ended: list[tuple[
     """
     cfg = gate_config(ctx.settings)
     started = time.perf_counter()
-    waits = _Waits()
-    try:
-        # (record, event, deadline, waited, held). Everything in parked_outcomes or waiting_for_signals
-        # holds its message's commit (hold_commit): acked with its batch but not decided, it must be
-        # read again after a crash. Fresh outcomes are not held; their batch is committed after this.
-        items = _take_waiting(ctx, waits, sweep) + [(record, event, deadline, False, False)
-                                                    for record, event, deadline in ended]
-        expired = [event for _, event in ctx.parked_outcomes.expired()]
-        if expired:
-            waits.finished += expired
-            ctx.counters.skipped_no_topology += len(expired)
-            log.warning("%d epoch outcomes expired without a topology; not decided", len(expired))
-        due = _due(ctx, items, cfg, waits)
-        await _send_decisions(ctx, outbox, due, cfg, started)
-    except BaseException:
-        waits.undo(ctx)
-        raise
-    # Delivered (or nothing to deliver): the outcomes need not be read again.
-    release_commit(waits.finished + waits.deciding)
-
-
-@dataclass
-class _Waits:
-    """What one ``decide_and_send`` call did with outcomes that wait, so that a failure loses none.
-
-    Held outcomes taken out of waiting are not in the batch the caller retries; fresh outcomes that
-    started to wait are, and would wait twice.
-    """
-
-    taken: list[tuple[dict, Any]] = field(default_factory=list)  # held: (record, event)
-    back: set[int] = field(default_factory=set)  # ids of the held events that wait again
-    finished: list[Any] = field(default_factory=list)  # held events handled without a decision
-    deciding: list[Any] = field(default_factory=list)  # held events decided by this call
-    started: list[Any] = field(default_factory=list)  # fresh events that wait (their commits now held)
-
-    def wait(self, event: Any, held: bool) -> None:
-        """``event`` waits (again): parked or waiting for its signals."""
-        if held:
-            self.back.add(id(event))
-        else:
-            hold_commit(event)
-            self.started.append(event)
-
-    def finish(self, event: Any, held: bool) -> None:
-        if held:
-            self.finished.append(event)
-
-    def undo(self, ctx: WorkerContext) -> None:
-        """After a failure: held outcomes neither waiting again nor finished are parked again (their model
-        has a topology, so the next call takes them out at once); fresh ones stop waiting."""
-        done = self.back | {id(event) for event in self.finished}
-        for record, event in self.taken:
-            if id(event) not in done and not ctx.parked_outcomes.park(record["model_id"], (record, event)):
-                log.error("parking is full: epoch outcome %s/%s left to a restart (its commit is held)",
-                          record["model_id"], record["epoch"])
-        fresh = {id(event) for event in self.started}
-        for parking in (ctx.parked_outcomes, ctx.waiting_for_signals):
-            parking.remove(lambda item: id(item[1]) in fresh)
-        release_commit(self.finished + self.started)
-
-
-def _take_waiting(ctx: WorkerContext, waits: _Waits, sweep: bool) -> list[tuple[dict, Any, float | None, bool, bool]]:
-    """Held outcomes that may be decided now: those waiting for signals that were folded (or waited long
-    enough), then the parked ones whose model has a topology; the rest stays."""
-    parked = []
+    # (record, event, deadline, waited, held). Everything in parked_outcomes or waiting_for_signals
+    # holds its message's commit (hold_commit): acked with its batch but not decided, it must be
+    # read again after a crash. Fresh outcomes are not held; their batch is committed after this.
+    items = [(record, event, deadline, False, False) for record, event, deadline in ended]
     for model_id in ctx.parked_outcomes.models():
         if ctx.topologies.get(model_id):
-            released = ctx.parked_outcomes.release(model_id)
-            waits.taken += [item for _, item in released]
-            parked += [(record, event, deadline, False, True) for deadline, (record, event) in released]
+            items = [(record, event, deadline, False, True) for deadline, (record, event)
+                     in ctx.parked_outcomes.release(model_id)] + items
     now = time.monotonic()
     waited_out = []  # in arrival order: of several epochs of one model, the newest is decided
     touched, ctx.folded = ctx.folded, set()
     candidates = ctx.waiting_for_signals.models() if sweep else [m for m in touched if m in ctx.waiting_for_signals]
     for model_id in candidates:
-        released = ctx.waiting_for_signals.release(model_id)
-        waits.taken += [item for _, item in released]
-        for deadline, (record, event) in released:
+        for deadline, (record, event) in ctx.waiting_for_signals.release(model_id):
             if model_id in touched and _signals_arrived(ctx, record):
                 waited_out.append((record, event, None, True, True))
             elif deadline <= now:
@@ -244,37 +146,54 @@ def _take_waiting(ctx: WorkerContext, waits: _Waits, sweep: bool) -> list[tuple[
                 waited_out.append((record, event, None, True, True))
             else:
                 ctx.waiting_for_signals.park(model_id, (record, event), deadline=deadline)
-                waits.wait(event, held=True)
-    return waited_out + parked
-
-
-def _due(ctx: WorkerContext, items: list[tuple[dict, Any, float | None, bool, bool]], cfg: Any,
-         waits: _Waits) -> dict[str, tuple[DueModel, Any]]:
-    """The models to decide now, from ``items``; the other outcomes wait, or are finished undecided."""
+    items = waited_out + items
+    # Held events whose handling ends here: without a decision, or with one of this call's decisions.
+    finished = [event for _, event in ctx.parked_outcomes.expired()]
+    deciding: list[tuple[dict, Any]] = []
+    if finished:
+        ctx.counters.skipped_no_topology += len(finished)
+        log.warning("%d epoch outcomes expired without a topology; not decided", len(finished))
     due: dict[str, tuple[DueModel, Any]] = {}
     for record, event, deadline, waited, held in items:
         model_id = record["model_id"]
         if not has_topology_for(ctx, record):
             if run_superseded(ctx, record):  # a newer run of the model started: nothing to decide
                 ctx.counters.stale_outcomes += 1
-                waits.finish(event, held)
+                finished += [event] if held else []
             elif ctx.parked_outcomes.park(model_id, (record, event), deadline=deadline):
-                waits.wait(event, held)
+                _hold(event, held)
             else:
                 ctx.counters.skipped_no_topology += 1
-                waits.finish(event, held)
+                finished += [event] if held else []
             continue
         if not waited and not _signals_arrived(ctx, record) and ctx.waiting_for_signals.park(model_id, (record, event)):
             ctx.counters.signal_waits += 1
-            waits.wait(event, held)
+            _hold(event, held)
             continue
         item = _prepare(ctx, record, cfg, due.get(model_id))
         if item is not None:
             due[model_id] = (item, event)  # an earlier epoch of the model is settled by this decision
-            waits.deciding += [event] if held else []
+            deciding += [(record, event)] if held else []
         else:
-            waits.finish(event, held)
-    return due
+            finished += [event] if held else []
+    try:
+        await _send_decisions(ctx, outbox, due, cfg, started)
+    except BaseException:
+        # Held outcomes taken out of parking for this call are not in the batch the caller retries:
+        # park them again (their model has a topology, so the next call takes them out at once).
+        for record, event in deciding:
+            if not ctx.parked_outcomes.park(record["model_id"], (record, event)):
+                log.error("parking is full: epoch outcome %s/%s left to a restart (its commit is held)",
+                          record["model_id"], record["epoch"])
+        release_commit(finished)
+        raise
+    # Delivered (or nothing to deliver): the outcomes need not be read again.
+    release_commit(finished + [event for _, event in deciding])
+
+
+def _hold(event: Any, held: bool) -> None:
+    if not held:
+        hold_commit(event)
 
 
 def _signals_arrived(ctx: WorkerContext, outcome: dict) -> bool:
@@ -360,6 +279,7 @@ class WindowCloseScan:
         self.marks = window_close.OutcomeMarks()
         self._scanned: tuple[float, frozenset[int]] | None = None
         self._retry = False
+        self._error_logged_at = 0.0
 
     async def tick(self, app: faust.App, ctx: WorkerContext, outbox: Outbox) -> int:
         settings = ctx.settings
@@ -377,6 +297,11 @@ class WindowCloseScan:
         made, put_off = await decide_on_window_close(app, ctx, outbox, now, owned, self.marks)
         self._scanned, self._retry = (closed, owned), put_off > 0
         return made
+
+    def failed(self) -> None:
+        if time.monotonic() - self._error_logged_at > 30:
+            self._error_logged_at = time.monotonic()
+            log.exception("window-close decisions failed; retrying every %.1fs", WINDOW_CLOSE_TICK_S)
 
 
 async def decide_on_window_close(app: faust.App, ctx: WorkerContext, outbox: Outbox, now: float,

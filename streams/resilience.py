@@ -5,19 +5,12 @@ and its supervisor then restarts the agent: an exception escaping an agent loses
 So a failed batch is re-run one message at a time; a message that fails alone goes to the
 dead-letter topic with the exception as its reason. If even that cannot be delivered (the broker
 is gone), the process exits at once, before Faust can commit, and a restart re-reads the batch.
-
-So a processor must leave no effect of a batch that fails but its output: table writes that add
-up (folds) are written back to what they replaced, commit holds change only once the batch's
-output is delivered, and what it took out of parking goes back (``streams/telemetry.py``,
-``streams/policy_agent.py``). Writes that set a value (a topology, a gate state after its
-decision) may be repeated.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Awaitable, Callable, Sequence
 
 from streams.deadletter import send_dead_letter
@@ -60,22 +53,3 @@ async def _dead_letter_or_exit(ctx: Any, producer: Any, raw: RawMessage, exc: Ex
         log.critical("cannot deliver to the dead-letter topic; exiting before the batch is committed",
                      exc_info=True)
         os._exit(EXIT_UNDELIVERABLE)
-
-
-class TaskErrors:
-    """Exceptions of a Faust timer or task, which would crash the whole worker if they escaped: counted
-    (``task_errors``) and logged with their stack, at most every ``every_s`` per task. The task keeps
-    what it was working on for its next run."""
-
-    def __init__(self, ctx: Any, task: str, every_s: float = 30.0) -> None:
-        self._ctx, self.task, self.every_s = ctx, task, every_s
-        self._logged_at: float | None = None
-
-    def failed(self) -> None:
-        """Call in an ``except`` block."""
-        self._ctx.counters.task_errors += 1
-        now = time.monotonic()
-        if self._logged_at is None or now - self._logged_at > self.every_s:
-            self._logged_at = now
-            log.exception("%s failed (%d task errors so far); trying again on its next run", self.task,
-                          self._ctx.counters.task_errors)

@@ -14,20 +14,3 @@ def test_park_release_expire_and_membership() -> None:
     assert "a" in parking and len(parking) == 2
     assert parking.release("a") == [(15.0, "a2")] and "a" not in parking and parking.release("a") == []
     assert parking.expired(now=11.0) == ["b1"] and len(parking) == 0 and parking.models() == []
-
-
-def test_release_some_and_restore_in_front() -> None:
-    parking: Parking[str] = Parking(ttl_s=10.0, capacity=2)
-    assert parking.park("a", "a1", now=0.0) and parking.park("a", "a2", now=1.0)
-    assert parking.release("a", when=lambda item: item == "a2") == [(11.0, "a2")] and len(parking) == 1
-    parking.restore("a", [(11.0, "a2"), (12.0, "a3")])  # back after a failure, even beyond capacity
-    assert len(parking) == 3 and parking.release("a") == [(11.0, "a2"), (12.0, "a3"), (10.0, "a1")]
-    parking.restore("b", [])
-    assert "b" not in parking and len(parking) == 0
-
-
-def test_remove_what_a_predicate_accepts_of_every_model() -> None:
-    parking: Parking[str] = Parking(ttl_s=10.0, capacity=3)
-    assert parking.park("a", "a1", now=0.0) and parking.park("b", "b1", now=0.0) and parking.park("a", "a2", now=0.0)
-    assert parking.remove(lambda item: item.endswith("1")) == ["a1", "b1"]
-    assert parking.models() == ["a"] and len(parking) == 1

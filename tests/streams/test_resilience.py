@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from schemas import decode
 from streams.context import WorkerContext
 from streams.intake import RawMessage
@@ -60,19 +58,3 @@ def test_a_good_batch_is_processed_once() -> None:
 
     asyncio.run(process_safely(ctx, producer, process, [raw(i) for i in range(3)]))
     assert calls == [3] and producer.sent == []
-
-
-def test_task_errors_are_counted_and_logged_with_their_stack_at_most_every_period(
-        caplog: pytest.LogCaptureFixture) -> None:
-    from streams.resilience import TaskErrors
-
-    ctx = WorkerContext(settings=Settings.from_env(bootstrap_servers="127.0.0.1:1", topic_prefix="t"))
-    errors = TaskErrors(ctx, "sweeping", every_s=3600.0)
-    for _ in range(3):
-        try:
-            raise RuntimeError("boom")
-        except RuntimeError:
-            errors.failed()
-    assert ctx.counters.task_errors == 3
-    logged = [r for r in caplog.records if "sweeping failed" in r.getMessage()]
-    assert len(logged) == 1 and logged[0].exc_info is not None
